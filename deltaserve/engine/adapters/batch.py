@@ -1,0 +1,31 @@
+"""Per-step adapter metadata handed to the model: what every layer needs to add adapter deltas.
+
+Kept apart from adapter configs and weights (LoRAX's split) so a new kind plugs in here and in
+its op without touching the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from deltaserve.engine.ops.lora import LoRARows, LoRAStack, lora_grouped
+
+
+@dataclass
+class AdapterBatch:
+    """The adapters of one step and which rows use them."""
+
+    lora_stack: LoRAStack | None = None
+    lora_rows: LoRARows | None = None
+
+    def apply(self, layer: int, group: str, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Add every adapter's delta for projection (layer, group) to y in place.
+
+        x: [T, d_in] the projection's input; y: [T, d_out] its base output.
+        """
+        if self.lora_stack is not None:
+            gw = self.lora_stack.groups.get((layer, group))
+            if gw is not None:
+                lora_grouped(x, y, gw, self.lora_rows)

@@ -1,0 +1,156 @@
+"""PEFT LoRA directories: read and check adapter_config.json + adapter_model.safetensors.
+
+Only safetensors are read (a pickle .bin is refused, never unpickled). The scaling
+(lora_alpha / r, or lora_alpha / sqrt(r) with rsLoRA, per-module via rank/alpha patterns) is
+folded into B at load time so the batched op needs no per-row scale.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+
+import torch
+from safetensors import safe_open
+
+from deltaserve.engine.adapters.base import AdapterError
+from deltaserve.engine.ops.lora import TARGET_MODULES, LoRATensors
+
+_KEY = re.compile(
+    r"^(?:base_model\.model\.)?model\.layers\.(\d+)\.(?:self_attn|mlp)\."
+    r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)\.lora_([AB])(?:\.[^.]+)?\.weight$"
+)
+
+
+@dataclass
+class LoRAAdapter:
+    """A loaded LoRA: per (layer, module) A [r, d_in] and scaled B [d_out, r]."""
+
+    name: str
+    rank: int
+    tensors: LoRATensors
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes + b.nbytes for a, b in self.tensors.values())
+
+    def to(self, device: torch.device, dtype: torch.dtype) -> LoRAAdapter:
+        moved = {k: (a.to(device, dtype), b.to(device, dtype)) for k, (a, b) in self.tensors.items()}
+        return LoRAAdapter(self.name, self.rank, moved)
+
+
+def read_lora_config(path: str) -> dict:
+    cfg_path = os.path.join(path, "adapter_config.json")
+    if not os.path.isfile(cfg_path):
+        raise AdapterError(f"{path!r} is not a PEFT LoRA directory: no adapter_config.json")
+    try:
+        with open(cfg_path) as f:
+            cfg = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise AdapterError(f"adapter_config.json is not valid JSON: {e}") from None
+    if not isinstance(cfg, dict):
+        raise AdapterError("adapter_config.json must hold a JSON object")
+    _check_supported(cfg)
+    return cfg
+
+
+def _check_supported(cfg: dict) -> None:
+    peft_type = str(cfg.get("peft_type", "LORA")).upper()
+    if peft_type != "LORA":
+        raise AdapterError(f"unsupported peft_type {peft_type!r}: only LORA is served")
+    if cfg.get("use_dora"):
+        raise AdapterError("DoRA adapters (use_dora=true) are not supported")
+    if cfg.get("fan_in_fan_out"):
+        raise AdapterError("fan_in_fan_out=true (Conv1D-style weights) is not supported")
+    if cfg.get("bias", "none") not in ("none", None):
+        raise AdapterError(f"LoRA bias={cfg['bias']!r} is not supported (only 'none')")
+    if cfg.get("modules_to_save"):
+        raise AdapterError("modules_to_save (fully trained extra modules) is not supported")
+    targets = cfg.get("target_modules")
+    names = [targets] if isinstance(targets, str) else list(targets or [])
+    bad = [t for t in names if t.split(".")[-1] not in TARGET_MODULES and not _is_regex(t)]
+    if bad:
+        raise AdapterError(
+            f"unsupported target modules {bad}: supported are {sorted(TARGET_MODULES)}"
+            " (embedding and lm_head LoRA are not served)"
+        )
+
+
+def _is_regex(t: str) -> bool:
+    return any(c in t for c in "*()[]|\\^$")
+
+
+def _scaling(cfg: dict, module_key: str, rank: int) -> float:
+    alpha = cfg.get("lora_alpha", 8)
+    for pattern, a in (cfg.get("alpha_pattern") or {}).items():
+        if re.search(rf"(^|\.){re.escape(pattern)}$", module_key) or pattern == module_key:
+            alpha = a
+    if cfg.get("use_rslora"):
+        return alpha / math.sqrt(rank)
+    return alpha / rank
+
+
+def load_lora(
+    name: str,
+    path: str,
+    in_sizes: dict[str, int],
+    out_sizes: dict[str, int],
+    num_layers: int,
+    max_rank: int,
+) -> LoRAAdapter:
+    """Load and validate a PEFT LoRA against the base model's shapes; weights stay on CPU."""
+    cfg = read_lora_config(path)
+    weights = os.path.join(path, "adapter_model.safetensors")
+    if not os.path.isfile(weights):
+        if os.path.isfile(os.path.join(path, "adapter_model.bin")):
+            raise AdapterError("pickle weights (adapter_model.bin) are refused; use safetensors")
+        raise AdapterError("adapter_model.safetensors is missing")
+    pairs: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+    try:
+        with safe_open(weights, framework="pt", device="cpu") as f:
+            for key in f.keys():
+                m = _KEY.match(key)
+                if m is None:
+                    raise AdapterError(f"unsupported tensor {key!r} in adapter (only q/k/v/o/gate/up/down LoRA)")
+                layer, module, ab = int(m.group(1)), m.group(2), m.group(3)
+                pairs.setdefault((layer, module), {})[ab] = f.get_tensor(key)
+    except AdapterError:
+        raise
+    except Exception as e:  # malformed safetensors header or data
+        raise AdapterError(f"cannot read adapter_model.safetensors: {e}") from None
+    if not pairs:
+        raise AdapterError("adapter has no LoRA tensors")
+    tensors: LoRATensors = {}
+    max_seen = 0
+    for (layer, module), ab in sorted(pairs.items()):
+        a, b = _check_pair(layer, module, ab, in_sizes, out_sizes, num_layers, max_rank)
+        rank = a.shape[0]
+        max_seen = max(max_seen, rank)
+        scale = _scaling(cfg, f"model.layers.{layer}.{module}", rank)
+        tensors[(layer, module)] = (a.float().contiguous(), (b.float() * scale).contiguous())
+    return LoRAAdapter(name, max_seen, tensors)
+
+
+def _check_pair(layer, module, ab, in_sizes, out_sizes, num_layers, max_rank):
+    where = f"layer {layer} {module}"
+    if layer >= num_layers:
+        raise AdapterError(f"{where}: the base model has only {num_layers} layers")
+    if set(ab) != {"A", "B"}:
+        raise AdapterError(f"{where}: lora_A and lora_B must both be present")
+    a, b = ab["A"], ab["B"]
+    if a.dim() != 2 or b.dim() != 2 or not a.is_floating_point() or not b.is_floating_point():
+        raise AdapterError(f"{where}: LoRA weights must be 2-D floating-point tensors")
+    rank = a.shape[0]
+    if rank < 1 or rank > max_rank:
+        raise AdapterError(f"{where}: rank {rank} exceeds the server's max LoRA rank {max_rank}")
+    if a.shape[1] != in_sizes[module] or b.shape != (out_sizes[module], rank):
+        raise AdapterError(
+            f"{where}: shapes A{tuple(a.shape)} B{tuple(b.shape)} do not fit the base model "
+            f"(expected A(r, {in_sizes[module]}) B({out_sizes[module]}, r))"
+        )
+    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+        raise AdapterError(f"{where}: weights contain NaN or Inf")
+    return a, b

@@ -1,0 +1,181 @@
+"""Adapter residency: a host-memory tier (LRU, pinned while requests hold the adapter) behind a
+device slot pool budgeted in bytes (LRU; never evicts what the running batch uses).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from deltaserve.engine.adapters.base import AdapterError, AdapterRequest
+from deltaserve.engine.adapters.lora import LoRAAdapter
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PoolStats:
+    host_resident: int = 0
+    host_bytes: int = 0
+    device_resident: int = 0
+    device_bytes: int = 0
+    host_hits: int = 0
+    host_misses: int = 0
+    device_hits: int = 0
+    device_misses: int = 0
+
+
+class AdapterPool:
+    """Thread-safe: `load_host` runs on loader threads, the rest on the engine thread."""
+
+    def __init__(
+        self,
+        loader: Callable[[AdapterRequest], LoRAAdapter],
+        device: torch.device,
+        dtype: torch.dtype,
+        device_budget_bytes: int,
+        host_max_adapters: int,
+        host_budget_bytes: int,
+    ):
+        self._loader = loader
+        self.device = device
+        self.dtype = dtype
+        self.device_budget_bytes = device_budget_bytes
+        self.host_max_adapters = host_max_adapters
+        self.host_budget_bytes = host_budget_bytes
+        self._lock = threading.Lock()
+        self._host: OrderedDict[str, LoRAAdapter] = OrderedDict()  # LRU order, oldest first
+        self._device: OrderedDict[str, LoRAAdapter] = OrderedDict()
+        self._refs: dict[str, int] = {}  # requests holding each adapter (pins the host copy)
+        self._loading: dict[str, threading.Event] = {}
+        self.stats = PoolStats()
+        self._elem = torch.tensor([], dtype=dtype).element_size()
+
+    # ---- host tier ----------------------------------------------------------------------
+    def acquire(self, req: AdapterRequest) -> LoRAAdapter:
+        """Load into host memory if needed (single-flight) and pin it for one request."""
+        key = req.key
+        while True:
+            with self._lock:
+                if key in self._host:
+                    self._host.move_to_end(key)
+                    self._refs[key] = self._refs.get(key, 0) + 1
+                    self.stats.host_hits += 1
+                    return self._host[key]
+                event = self._loading.get(key)
+                if event is None:
+                    event = self._loading[key] = threading.Event()
+                    break
+            event.wait()  # another thread is loading it; then re-check
+        try:
+            adapter = self._loader(req)
+        except Exception:
+            with self._lock:
+                self._loading.pop(key).set()
+            raise
+        with self._lock:
+            self.stats.host_misses += 1
+            self._host[key] = adapter
+            self._refs[key] = self._refs.get(key, 0) + 1
+            self._evict_host()
+            self._loading.pop(key).set()
+        return adapter
+
+    def release(self, key: str) -> None:
+        with self._lock:
+            n = self._refs.get(key, 0) - 1
+            if n <= 0:
+                self._refs.pop(key, None)
+            else:
+                self._refs[key] = n
+            self._evict_host()
+
+    def refcount(self, key: str) -> int:
+        with self._lock:
+            return self._refs.get(key, 0)
+
+    def _evict_host(self) -> None:
+        def over() -> bool:
+            used = sum(a.nbytes for a in self._host.values())
+            return len(self._host) > self.host_max_adapters or used > self.host_budget_bytes
+
+        for key in list(self._host):
+            if not over():
+                break
+            if self._refs.get(key, 0) == 0:
+                del self._host[key]
+                self._device.pop(key, None)
+
+    # ---- device tier --------------------------------------------------------------------
+    def device_bytes(self, key: str) -> int:
+        """Bytes the adapter takes in the device pool (compute dtype)."""
+        with self._lock:
+            ad = self._device.get(key) or self._host.get(key)
+        if ad is None:
+            return 0
+        return sum(a.numel() + b.numel() for a, b in ad.tensors.values()) * self._elem
+
+    def on_device(self, keys: list[str], protected: set[str]) -> list[LoRAAdapter]:
+        """Make `keys` device-resident (in that order) and return them.
+
+        Evicts least-recently-used adapters that are neither in `keys` nor `protected` (the
+        running batch's). The scheduler keeps each step within the budget, so eviction always
+        finds room; if it cannot, that is a bug and raises.
+        """
+        out = []
+        for key in keys:
+            with self._lock:
+                ad = self._device.get(key)
+                host = self._host.get(key)
+            if ad is not None:
+                self.stats.device_hits += 1
+                self._device.move_to_end(key)
+            else:
+                if host is None:
+                    raise AdapterError(f"adapter {key!r} is not loaded (no request holds it)")
+                self.stats.device_misses += 1
+                self._make_room(self.device_bytes(key), set(keys) | protected)
+                ad = host.to(self.device, self.dtype)
+                with self._lock:
+                    self._device[key] = ad
+            out.append(ad)
+        self._update_stats()
+        return out
+
+    def _make_room(self, need: int, keep: set[str]) -> None:
+        used = self._device_used()
+        for key in list(self._device):
+            if used + need <= self.device_budget_bytes:
+                return
+            if key not in keep:
+                used -= self._bytes_of(self._device.pop(key))
+        if used + need > self.device_budget_bytes:
+            raise RuntimeError(
+                f"device adapter pool over budget: need {need} bytes, {used} used of "
+                f"{self.device_budget_bytes} by adapters of the running batch"
+            )
+
+    def _bytes_of(self, ad: LoRAAdapter) -> int:
+        return sum(a.nbytes + b.nbytes for a, b in ad.tensors.values())
+
+    def _device_used(self) -> int:
+        return sum(self._bytes_of(a) for a in self._device.values())
+
+    def _update_stats(self) -> None:
+        with self._lock:
+            self.stats.host_resident = len(self._host)
+            self.stats.host_bytes = sum(a.nbytes for a in self._host.values())
+            self.stats.device_resident = len(self._device)
+            self.stats.device_bytes = self._device_used()
+
+    def drop(self, key: str) -> None:
+        """Forget an adapter (unregistered/replaced) once no request holds it."""
+        with self._lock:
+            if self._refs.get(key, 0) == 0:
+                self._host.pop(key, None)
+                self._device.pop(key, None)

@@ -1,0 +1,193 @@
+"""Turns a SchedulerOutput into tensors, runs the model and samples: prepare → forward → sample."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from deltaserve.engine.adapters.batch import AdapterBatch
+from deltaserve.engine.adapters.pool import AdapterPool
+from deltaserve.engine.config import ModelConfig
+from deltaserve.engine.kv_cache import KVCache
+from deltaserve.engine.layers.attention import AttentionMeta
+from deltaserve.engine.models.llama import LlamaForCausalLM
+from deltaserve.engine.ops.lora import LoRARows, LoRAStack
+from deltaserve.engine.request import Sequence
+from deltaserve.engine.sampler import SamplerOutput, SamplingTensors, sample
+from deltaserve.engine.scheduler import SchedulerOutput
+
+
+@dataclass
+class StepInputs:
+    input_ids: torch.Tensor  # [T]
+    positions: torch.Tensor  # [T]
+    logits_index: torch.Tensor  # [B]: packed row of each sequence's last token
+    attn: AttentionMeta
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        model: LlamaForCausalLM,
+        cfg: ModelConfig,
+        kv: KVCache,
+        pool: AdapterPool,
+        block_size: int,
+        device: torch.device,
+        dtype: torch.dtype,
+    ):
+        self.model = model
+        self.cfg = cfg
+        self.kv = kv
+        self.pool = pool
+        self.block_size = block_size
+        self.device = device
+        self.dtype = dtype
+        self._stack: LoRAStack | None = None
+        self._stack_keys: list[str] = []
+
+    def execute(self, sched: SchedulerOutput, protected: set[str]) -> SamplerOutput:
+        inputs = self.prepare(sched)
+        adapters = self._adapter_batch(sched, protected)
+        logits = self.model(
+            inputs.input_ids, inputs.positions, self.kv.layers, inputs.attn,
+            inputs.logits_index, adapters,
+        )
+        seqs = [s.seq for s in sched.scheduled]
+        return sample(logits, self.sampling_tensors(seqs, logits.shape[1]))
+
+    # ---- inputs -------------------------------------------------------------------------
+    def prepare(self, sched: SchedulerOutput) -> StepInputs:
+        bs = self.block_size
+        ids, pos, slots, q_index_rows, last = [], [], [], [], []
+        starts, q_lens, ctx_lens, tables = [], [], [], []
+        for item in sched.scheduled:
+            seq, n = item.seq, item.num_new_tokens
+            start = seq.num_computed_tokens
+            toks = seq.token_ids()[start : start + n]
+            base = len(ids)
+            ids.extend(toks)
+            p = list(range(start, start + n))
+            pos.extend(p)
+            bt = seq.block_table
+            slots.extend(bt[i // bs] * bs + i % bs for i in p)
+            q_index_rows.append(list(range(base, base + n)))
+            last.append(base + n - 1)
+            starts.append(start)
+            q_lens.append(n)
+            ctx_lens.append(start + n)
+            tables.append(bt)
+        attn = self._attention_meta(starts, q_lens, ctx_lens, tables, q_index_rows, slots)
+        dev = self.device
+        return StepInputs(
+            torch.tensor(ids, dtype=torch.long, device=dev),
+            torch.tensor(pos, dtype=torch.long, device=dev),
+            torch.tensor(last, dtype=torch.long, device=dev),
+            attn,
+        )
+
+    def _attention_meta(self, starts, q_lens, ctx_lens, tables, q_rows, slots) -> AttentionMeta:
+        bs, dev = self.block_size, self.device
+        total = len(slots)
+        bsz = len(starts)
+        nb = -(-max(ctx_lens) // bs)
+        bt = torch.zeros(bsz, nb, dtype=torch.long)
+        for i, t in enumerate(tables):
+            k = min(len(t), nb)
+            bt[i, :k] = torch.tensor(t[:k], dtype=torch.long)
+        kv_index = (bt.unsqueeze(-1) * bs + torch.arange(bs)).view(bsz, nb * bs)  # [B, Lk]
+        lq = max(q_lens)
+        decode_only = lq == 1
+        q_len_t = torch.tensor(q_lens)
+        qi = torch.arange(lq)
+        q_pos = torch.tensor(starts).unsqueeze(1) + qi  # [B, Lq] absolute query positions
+        k_pos = torch.arange(nb * bs)
+        mask = (k_pos.view(1, 1, -1) <= q_pos.unsqueeze(-1)) & (
+            k_pos.view(1, 1, -1) < torch.tensor(ctx_lens).view(-1, 1, 1)
+        )
+        if self.cfg.sliding_window:
+            mask &= k_pos.view(1, 1, -1) > q_pos.unsqueeze(-1) - self.cfg.sliding_window
+        pad_q = qi.unsqueeze(0) >= q_len_t.unsqueeze(1)  # [B, Lq]
+        mask[:, :, 0] |= pad_q  # padded query rows attend to one key (avoids NaN; discarded)
+        meta = AttentionMeta(
+            slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
+            kv_index=kv_index.to(dev),
+            mask=mask.unsqueeze(1).to(dev),
+            decode_only=decode_only,
+        )
+        if not decode_only:
+            q_index = torch.full((bsz, lq), total, dtype=torch.long)
+            out_index = torch.empty(total, dtype=torch.long)
+            for b, rows in enumerate(q_rows):
+                q_index[b, : len(rows)] = torch.tensor(rows)
+                out_index[rows[0] : rows[-1] + 1] = b * lq + torch.arange(len(rows))
+            meta.q_index, meta.out_index = q_index.to(dev), out_index.to(dev)
+        return meta
+
+    # ---- adapters -----------------------------------------------------------------------
+    def _adapter_batch(self, sched: SchedulerOutput, protected: set[str]) -> AdapterBatch | None:
+        keys = sched.adapters
+        if not keys:
+            return None
+        stack_keys = self._stack_for(keys, protected)
+        slot_of = {k: i for i, k in enumerate(stack_keys)}
+        row_slots: list[int] = []
+        for item in sched.scheduled:
+            key = item.seq.adapter_key
+            row_slots.extend([slot_of[key] if key is not None else -1] * item.num_new_tokens)
+        rows = LoRARows.build(row_slots, len(stack_keys), self.device, self.dtype)
+        return AdapterBatch(lora_stack=self._stack, lora_rows=rows)
+
+    def _stack_for(self, keys: list[str], protected: set[str]) -> list[str]:
+        """Reuse the stacked weights while the step's adapters are a subset of them (decode
+        steps of a steady batch); restack when a new adapter joins or most have left."""
+        cached = set(self._stack_keys)
+        if self._stack is not None and set(keys) <= cached and len(cached) <= 2 * len(keys):
+            return self._stack_keys
+        order = sorted(keys)
+        adapters = self.pool.on_device(order, protected)
+        self._stack = None  # free the old stack before building the new one
+        self._stack = LoRAStack(
+            [a.tensors for a in adapters], self.model.out_sizes(), self.cfg.num_hidden_layers,
+            self.device, self.dtype,
+        )
+        self._stack_keys = order
+        return order
+
+    def invalidate_adapters(self) -> None:
+        self._stack, self._stack_keys = None, []
+
+    # ---- sampling -----------------------------------------------------------------------
+    def sampling_tensors(self, seqs: list[Sequence], vocab: int) -> SamplingTensors:
+        temps, top_p, top_k, seeds, steps = [], [], [], [], []
+        banned_r, banned_t = [], []
+        max_lp = -1
+        eos = self.cfg.eos_token_ids
+        for row, seq in enumerate(seqs):
+            p = seq.params
+            temps.append(p.temperature)
+            top_p.append(p.top_p)
+            top_k.append(p.top_k if p.top_k > 0 else vocab)
+            seeds.append(seq.seed)
+            steps.append(len(seq.output_token_ids))
+            if p.logprobs is not None:
+                max_lp = max(max_lp, p.logprobs)
+            if len(seq.output_token_ids) < p.min_tokens:
+                ban = list(p.stop_token_ids) + ([] if p.ignore_eos else eos)
+                banned_r.extend([row] * len(ban))
+                banned_t.extend(ban)
+        dev = self.device
+        return SamplingTensors(
+            temperature=torch.tensor(temps, dtype=torch.float32, device=dev),
+            top_p=torch.tensor(top_p, dtype=torch.float32, device=dev),
+            top_k=torch.tensor(top_k, dtype=torch.long, device=dev),
+            seeds=torch.tensor(seeds, dtype=torch.long, device=dev),
+            steps=torch.tensor(steps, dtype=torch.long, device=dev),
+            banned_rows=torch.tensor(banned_r, dtype=torch.long, device=dev),
+            banned_tokens=torch.tensor(banned_t, dtype=torch.long, device=dev),
+            all_greedy=all(t == 0 for t in temps),
+            need_filter=any(p < 1.0 for p in top_p) or any(k < vocab for k in top_k),
+            max_logprobs=max_lp,
+        )
+

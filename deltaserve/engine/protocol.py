@@ -1,0 +1,69 @@
+"""The interface every engine backend offers to the server (native engine, later vLLM)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from deltaserve.engine.adapters.base import AdapterRequest
+from deltaserve.engine.outputs import RequestOutput
+from deltaserve.engine.sampling_params import SamplingParams
+
+
+@dataclass
+class EngineStats:
+    """A snapshot for /metrics and the gateway protocol, taken between steps."""
+
+    num_running: int = 0
+    num_waiting: int = 0
+    kv_cache_usage: float = 0.0
+    """Fraction (0..1) of KV blocks in use."""
+    max_loras: int = 0
+    """Distinct adapters allowed in one step."""
+    running_adapters: list[str] = field(default_factory=list)
+    waiting_adapters: list[str] = field(default_factory=list)
+    num_preemptions_total: int = 0
+    last_batch_size: int = 0
+    """Sequences in the last executed step."""
+    last_batch_adapters: int = 0
+    """Distinct adapters in the last executed step."""
+    steps_total: int = 0
+    adapters_resident: dict[str, int] = field(default_factory=dict)
+    """Adapters resident per tier ('device', 'host')."""
+
+
+class EngineClient(Protocol):
+    """What the HTTP layer needs from an engine. All methods are safe to call from the event loop."""
+
+    tokenizer: Any
+    """A transformers tokenizer (encode/decode/apply_chat_template)."""
+    max_model_len: int
+    """Context length: prompt + generated tokens must fit."""
+
+    def generate(
+        self,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        request_id: str,
+        adapter: AdapterRequest | None = None,
+    ) -> AsyncIterator[RequestOutput]:
+        """Stream cumulative outputs; the last one has finished=True.
+
+        Cancelling the iterator (client gone) aborts the request and frees its resources.
+        Raises AdapterError for an adapter that cannot be loaded, ValueError for bad input,
+        QueueFullError when the waiting queue is full.
+        """
+        ...
+
+    async def abort(self, request_id: str) -> None: ...
+
+    def stats(self) -> EngineStats: ...
+
+    async def start(self) -> None: ...
+
+    async def shutdown(self) -> None: ...
+
+
+class QueueFullError(RuntimeError):
+    """The waiting queue is at its limit; the request was not admitted (HTTP 429)."""

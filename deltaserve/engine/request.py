@@ -1,0 +1,83 @@
+"""Requests and their sequences (one per sample when n > 1), as the scheduler tracks them."""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+
+from deltaserve.engine.outputs import RequestMetrics, TokenLogprob
+from deltaserve.engine.sampling_params import SamplingParams
+
+
+class SeqStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass
+class Sequence:
+    """One sample being generated. Its KV lives in `block_table` (block ids, in order)."""
+
+    seq_id: int
+    request: Request
+    index: int
+    seed: int
+    """Seed of this sample's random stream (derived from the request seed and index)."""
+    output_token_ids: list[int] = field(default_factory=list)
+    output_logprobs: list[TokenLogprob] = field(default_factory=list)
+    block_table: list[int] = field(default_factory=list)
+    num_computed_tokens: int = 0
+    """Tokens whose K/V are in the cache."""
+    status: SeqStatus = SeqStatus.WAITING
+    finish_reason: str | None = None
+    stop_reason: str | int | None = None
+    # Incremental detokenization state (see detokenizer.py).
+    text: str = ""
+    prefix_offset: int = 0
+    read_offset: int = 0
+
+    @property
+    def prompt_token_ids(self) -> list[int]:
+        return self.request.prompt_token_ids
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.request.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
+    def params(self) -> SamplingParams:
+        return self.request.params
+
+    @property
+    def adapter_key(self) -> str | None:
+        return self.request.adapter_key
+
+    @property
+    def finished(self) -> bool:
+        return self.status is SeqStatus.FINISHED
+
+    def token_ids(self) -> list[int]:
+        return self.request.prompt_token_ids + self.output_token_ids
+
+
+@dataclass
+class Request:
+    """A client request: a prompt, its sampling parameters, its adapter and its n sequences."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    max_tokens: int
+    """Resolved generation cap (params.max_tokens or what fits in the context)."""
+    adapter_key: str | None = None
+    adapter_name: str | None = None
+    seqs: list[Sequence] = field(default_factory=list)
+    metrics: RequestMetrics = field(default_factory=lambda: RequestMetrics(time.monotonic()))
+    tenant: str | None = None
+    """Owner, for per-tenant fairness policies."""
+
+    @property
+    def finished(self) -> bool:
+        return all(s.finished for s in self.seqs)
