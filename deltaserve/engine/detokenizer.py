@@ -37,3 +37,14 @@ def find_stop(text: str, new_len: int, stops: list[str]) -> tuple[int, str] | No
         if i != -1 and (best is None or i < best[0]):
             best = (i, s)
     return best
+
+
+def flush_text(tokenizer, seq: Sequence) -> None:
+    """At the end of a sequence, append text held back for an incomplete UTF-8 sequence."""
+    ids = seq.output_token_ids
+    if seq.read_offset >= len(ids):
+        return
+    prefix = tokenizer.decode(ids[seq.prefix_offset : seq.read_offset], skip_special_tokens=True)
+    full = tokenizer.decode(ids[seq.prefix_offset :], skip_special_tokens=True)
+    seq.text += full[len(prefix) :]
+    seq.read_offset = len(ids)

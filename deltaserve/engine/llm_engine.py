@@ -12,7 +12,7 @@ from deltaserve.engine.adapters.base import AdapterError, AdapterRequest
 from deltaserve.engine.adapters.lora import load_lora
 from deltaserve.engine.adapters.pool import AdapterPool
 from deltaserve.engine.config import EngineConfig, ModelConfig
-from deltaserve.engine.detokenizer import append_text, find_stop
+from deltaserve.engine.detokenizer import append_text, find_stop, flush_text
 from deltaserve.engine.kv_cache import BlockAllocator, KVCache, kv_bytes_per_block
 from deltaserve.engine.model_runner import ModelRunner
 from deltaserve.engine.models.loader import load_model
@@ -121,7 +121,7 @@ class LLMEngine:
         max_tokens = self.check_prompt(prompt_token_ids, params)
         if adapter is not None:
             self.pool.acquire(adapter)
-        self._enqueue(request_id, prompt_token_ids, params, max_tokens, adapter, tenant)
+        self.enqueue(request_id, prompt_token_ids, params, max_tokens, adapter, tenant)
 
     def check_prompt(self, prompt_token_ids: list[int], params: SamplingParams) -> int:
         """Raise ValueError for a prompt that cannot run; return the resolved max_tokens."""
@@ -147,7 +147,8 @@ class LLMEngine:
             )
         return params.max_tokens
 
-    def _enqueue(self, request_id, prompt, params, max_tokens, adapter, tenant) -> None:
+    def enqueue(self, request_id, prompt, params, max_tokens, adapter, tenant=None) -> None:
+        """Queue a request whose prompt was checked and whose adapter was acquired."""
         req = Request(request_id, list(prompt), params, max_tokens,
                       adapter_key=adapter.key if adapter else None,
                       adapter_name=adapter.name if adapter else None, tenant=tenant)
@@ -241,8 +242,9 @@ class LLMEngine:
         if n_out >= seq.request.max_tokens or seq.num_tokens >= self.max_model_len:
             self._stop(seq, "length", None)
 
-    @staticmethod
-    def _stop(seq: Sequence, reason: str, stop_reason) -> None:
+    def _stop(self, seq: Sequence, reason: str, stop_reason) -> None:
+        if not isinstance(stop_reason, str):  # a stop string already cut the text
+            flush_text(self.tokenizer, seq)
         seq.finish_reason, seq.stop_reason = reason, stop_reason
         seq.status = seq.status.FINISHED
 

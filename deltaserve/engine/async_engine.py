@@ -1,0 +1,156 @@
+"""The async engine: the step loop runs on its own thread; each request streams its outputs.
+
+The event loop never waits for a step: new requests and aborts are handed to the step thread
+through queues and take effect between steps; outputs come back with call_soon_threadsafe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import deque
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from deltaserve.engine.adapters.base import AdapterRequest
+from deltaserve.engine.config import EngineConfig
+from deltaserve.engine.llm_engine import LLMEngine
+from deltaserve.engine.outputs import RequestOutput
+from deltaserve.engine.protocol import EngineStats, QueueFullError
+from deltaserve.engine.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+
+class EngineDeadError(RuntimeError):
+    """The step loop failed; the request could not complete."""
+
+
+@dataclass
+class _Stream:
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+
+
+class AsyncLLMEngine:
+    """Implements deltaserve.engine.protocol.EngineClient over the native LLMEngine."""
+
+    def __init__(self, config: EngineConfig, tokenizer=None, engine: LLMEngine | None = None):
+        self.engine = engine or LLMEngine(config, tokenizer)
+        self.config = config
+        self.tokenizer = self.engine.tokenizer
+        self.max_model_len = self.engine.max_model_len
+        self._streams: dict[str, _Stream] = {}
+        self._adds: deque[tuple] = deque()
+        self._aborts: deque[str] = deque()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._loaders = ThreadPoolExecutor(max_workers=2, thread_name_prefix="adapter-load")
+        self._stats = self.engine.stats()
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="engine-step", daemon=True)
+            self._thread.start()
+
+    async def shutdown(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 30)
+            self._thread = None
+        self._loaders.shutdown(wait=False)
+
+    def stats(self) -> EngineStats:
+        """Snapshot taken by the step thread after its last step (never blocks)."""
+        return self._stats
+
+    # ---- requests -----------------------------------------------------------------------
+    async def generate(
+        self,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        request_id: str,
+        adapter: AdapterRequest | None = None,
+        tenant: str | None = None,
+    ) -> AsyncIterator[RequestOutput]:
+        max_tokens = self.engine.check_prompt(prompt_token_ids, params)
+        if self._stats.num_waiting + len(self._adds) >= self.config.max_waiting:
+            raise QueueFullError(f"the waiting queue is full ({self.config.max_waiting} requests)")
+        if request_id in self._streams:
+            raise ValueError(f"duplicate request id {request_id!r}")
+        loop = asyncio.get_running_loop()
+        if adapter is not None:  # disk/Redis I/O stays off both the loop and the step thread
+            await loop.run_in_executor(self._loaders, self.engine.pool.acquire, adapter)
+        stream = _Stream(loop, asyncio.Queue())
+        self._streams[request_id] = stream
+        self._adds.append((request_id, prompt_token_ids, params, max_tokens, adapter, tenant))
+        self._wake.set()
+        finished = False
+        try:
+            while True:
+                item = await stream.queue.get()
+                if isinstance(item, BaseException):
+                    finished = True
+                    raise item
+                finished = item.finished
+                yield item
+                if finished:
+                    return
+        finally:
+            if not finished:  # cancelled or the consumer went away: free everything now
+                self._aborts.append(request_id)
+                self._wake.set()
+            self._streams.pop(request_id, None)
+
+    async def abort(self, request_id: str) -> None:
+        self._aborts.append(request_id)
+        self._wake.set()
+
+    # ---- step thread --------------------------------------------------------------------
+    def _run(self) -> None:
+        eng = self.engine
+        while not self._stop.is_set():
+            self._drain_inbox()
+            if not eng.has_unfinished():
+                self._stats = eng.stats()
+                self._wake.wait(0.05)
+                self._wake.clear()
+                continue
+            try:
+                outputs = eng.step()
+            except Exception as e:  # a bug must not take the server down: fail what ran
+                logger.exception("engine step failed; aborting running requests")
+                self._fail_all(e)
+                continue
+            for out in outputs:
+                self._deliver(out.request_id, out)
+            self._stats = eng.stats()
+
+    def _drain_inbox(self) -> None:
+        eng = self.engine
+        while self._adds:
+            rid, prompt, params, max_tokens, adapter, tenant = self._adds.popleft()
+            if rid not in self._streams:  # cancelled before it was queued
+                if adapter is not None:
+                    eng.pool.release(adapter.key)
+                continue
+            eng.enqueue(rid, prompt, params, max_tokens, adapter, tenant)
+        while self._aborts:
+            out = eng.abort(self._aborts.popleft())
+            if out is not None:
+                self._deliver(out.request_id, out)
+
+    def _deliver(self, request_id: str, item) -> None:
+        stream = self._streams.get(request_id)
+        if stream is not None:
+            stream.loop.call_soon_threadsafe(stream.queue.put_nowait, item)
+
+    def _fail_all(self, error: Exception) -> None:
+        for rid in list(self.engine.requests):
+            self.engine.abort(rid)
+            self._deliver(rid, EngineDeadError(f"engine step failed: {error}"))
