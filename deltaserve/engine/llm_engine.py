@@ -53,6 +53,12 @@ class LLMEngine:
             host_budget_bytes=config.adapter_host_bytes,
         )
         budget = config.max_num_batched_tokens or max(2048, self.max_model_len)
+        if budget < self.max_model_len or budget < config.max_num_seqs:
+            # Without chunked prefill a longer prompt could never be scheduled.
+            raise ValueError(
+                f"max_num_batched_tokens ({budget}) must be at least max_model_len "
+                f"({self.max_model_len}) and max_num_seqs ({config.max_num_seqs})"
+            )
         self.scheduler = Scheduler(
             SchedulerConfig(
                 max_num_seqs=config.max_num_seqs, max_num_batched_tokens=budget,
@@ -103,8 +109,16 @@ class LLMEngine:
     def _load_adapter(self, req: AdapterRequest):
         if req.kind != "lora":
             raise AdapterError(f"adapter kind {req.kind!r} is not supported by this engine")
-        return load_lora(req.name, req.path, self.model.in_sizes(), self.model.out_sizes(),
-                         self.model_config.num_hidden_layers, self.config.max_lora_rank)
+        adapter = load_lora(req.name, req.path, self.model.in_sizes(), self.model.out_sizes(),
+                            self.model_config.num_hidden_layers, self.config.max_lora_rank)
+        elem = torch.tensor([], dtype=self.dtype).element_size()
+        need = sum(a.numel() + b.numel() for a, b in adapter.tensors.values()) * elem
+        if need > self.pool.device_budget_bytes:
+            raise AdapterError(
+                f"adapter {req.name!r} needs {need} bytes on the device, more than the whole "
+                f"adapter pool ({self.pool.device_budget_bytes} bytes)"
+            )
+        return adapter
 
     # ---- requests -----------------------------------------------------------------------
     def add_request(

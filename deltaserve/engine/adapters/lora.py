@@ -83,11 +83,19 @@ def _is_regex(t: str) -> bool:
     return any(c in t for c in "*()[]|\\^$")
 
 
+def _pattern_value(patterns: dict, module_key: str):
+    """PEFT's rule: the first pattern that matches the end of the full module name wins."""
+    for pattern, value in (patterns or {}).items():
+        if re.match(rf"(.*\.)?({pattern})$", module_key):
+            return value
+    return None
+
+
 def _scaling(cfg: dict, module_key: str, rank: int) -> float:
-    alpha = cfg.get("lora_alpha", 8)
-    for pattern, a in (cfg.get("alpha_pattern") or {}).items():
-        if re.search(rf"(^|\.){re.escape(pattern)}$", module_key) or pattern == module_key:
-            alpha = a
+    """module_key: the full HF name, e.g. model.layers.0.self_attn.q_proj."""
+    alpha = _pattern_value(cfg.get("alpha_pattern"), module_key)
+    if alpha is None:
+        alpha = cfg.get("lora_alpha", 8)
     if cfg.get("use_rslora"):
         return alpha / math.sqrt(rank)
     return alpha / rank
@@ -109,6 +117,7 @@ def load_lora(
             raise AdapterError("pickle weights (adapter_model.bin) are refused; use safetensors")
         raise AdapterError("adapter_model.safetensors is missing")
     pairs: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+    full_names: dict[tuple[int, str], str] = {}
     try:
         with safe_open(weights, framework="pt", device="cpu") as f:
             for key in f.keys():
@@ -117,6 +126,7 @@ def load_lora(
                     raise AdapterError(f"unsupported tensor {key!r} in adapter (only q/k/v/o/gate/up/down LoRA)")
                 layer, module, ab = int(m.group(1)), m.group(2), m.group(3)
                 pairs.setdefault((layer, module), {})[ab] = f.get_tensor(key)
+                full_names[(layer, module)] = m.group(0).split(".lora_")[0].removeprefix("base_model.model.")
     except AdapterError:
         raise
     except Exception as e:  # malformed safetensors header or data
@@ -129,7 +139,7 @@ def load_lora(
         a, b = _check_pair(layer, module, ab, in_sizes, out_sizes, num_layers, max_rank)
         rank = a.shape[0]
         max_seen = max(max_seen, rank)
-        scale = _scaling(cfg, f"model.layers.{layer}.{module}", rank)
+        scale = _scaling(cfg, full_names[(layer, module)], rank)
         tensors[(layer, module)] = (a.float().contiguous(), (b.float() * scale).contiguous())
     return LoRAAdapter(name, max_seen, tensors)
 

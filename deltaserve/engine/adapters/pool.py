@@ -53,7 +53,7 @@ class AdapterPool:
         self._device: OrderedDict[str, LoRAAdapter] = OrderedDict()
         self._refs: dict[str, int] = {}  # requests holding each adapter (pins the host copy)
         self._loading: dict[str, threading.Event] = {}
-        self.stats = PoolStats()
+        self._counters = PoolStats()  # hits/misses; residency is computed when read
         self._elem = torch.tensor([], dtype=dtype).element_size()
 
     # ---- host tier ----------------------------------------------------------------------
@@ -65,7 +65,7 @@ class AdapterPool:
                 if key in self._host:
                     self._host.move_to_end(key)
                     self._refs[key] = self._refs.get(key, 0) + 1
-                    self.stats.host_hits += 1
+                    self._counters.host_hits += 1
                     return self._host[key]
                 event = self._loading.get(key)
                 if event is None:
@@ -79,7 +79,7 @@ class AdapterPool:
                 self._loading.pop(key).set()
             raise
         with self._lock:
-            self.stats.host_misses += 1
+            self._counters.host_misses += 1
             self._host[key] = adapter
             self._refs[key] = self._refs.get(key, 0) + 1
             self._evict_host()
@@ -133,18 +133,19 @@ class AdapterPool:
                 ad = self._device.get(key)
                 host = self._host.get(key)
             if ad is not None:
-                self.stats.device_hits += 1
-                self._device.move_to_end(key)
+                with self._lock:
+                    self._counters.device_hits += 1
+                    self._device.move_to_end(key)
             else:
                 if host is None:
                     raise AdapterError(f"adapter {key!r} is not loaded (no request holds it)")
-                self.stats.device_misses += 1
-                self._make_room(self.device_bytes(key), set(keys) | protected)
+                need = self.device_bytes(key)
                 ad = host.to(self.device, self.dtype)
                 with self._lock:
+                    self._counters.device_misses += 1
+                    self._make_room(need, set(keys) | protected)
                     self._device[key] = ad
             out.append(ad)
-        self._update_stats()
         return out
 
     def _make_room(self, need: int, keep: set[str]) -> None:
@@ -166,12 +167,19 @@ class AdapterPool:
     def _device_used(self) -> int:
         return sum(self._bytes_of(a) for a in self._device.values())
 
-    def _update_stats(self) -> None:
+    @property
+    def stats(self) -> PoolStats:
+        """Counters plus current residency per tier."""
         with self._lock:
-            self.stats.host_resident = len(self._host)
-            self.stats.host_bytes = sum(a.nbytes for a in self._host.values())
-            self.stats.device_resident = len(self._device)
-            self.stats.device_bytes = self._device_used()
+            c = self._counters
+            return PoolStats(
+                host_resident=len(self._host),
+                host_bytes=sum(a.nbytes for a in self._host.values()),
+                device_resident=len(self._device),
+                device_bytes=self._device_used(),
+                host_hits=c.host_hits, host_misses=c.host_misses,
+                device_hits=c.device_hits, device_misses=c.device_misses,
+            )
 
     def drop(self, key: str) -> None:
         """Forget an adapter (unregistered/replaced) once no request holds it."""

@@ -41,6 +41,7 @@ class _GroupWeights:
     a_t: torch.Tensor  # [n, d_in, S * r]: A of every targeted module, side by side
     rank: int
     subs: list[_SubWeights]
+    covers_all: bool  # every module of the fused group is targeted by some adapter
 
 
 class LoRAStack:
@@ -94,17 +95,26 @@ def _stack_group(adapters, layer, modules, out_sizes, device, dtype) -> _GroupWe
             b[i, :r, :] = b_w.t()
         offset = sum(out_sizes[m] for m in modules[: modules.index(module)])
         subs.append(_SubWeights(module, s * rank, offset, b))
-    return _GroupWeights(a_t, rank, subs)
+    return _GroupWeights(a_t, rank, subs, covers_all=len(present) == len(modules))
 
 
 @dataclass
 class LoRARows:
-    """Which rows use which stacked adapter in this step."""
+    """Which rows use which stacked adapter in this step, as gather indices.
 
-    token_index: torch.Tensor
-    """[n, m] long: rows of adapter i (padding → row 0, zeroed by pad_mask)."""
+    Rows of adapter i sit at [i, 0:k_i] of an [n, m] padded layout. Expanding back is a
+    gather too (`inv_index`), not a scatter-add: gathers are parallel and cheap on every device.
+    """
+
+    flat_index: torch.Tensor
+    """[n * m] long: packed row for each padded position (padding → row 0)."""
     pad_mask: torch.Tensor
     """[n, m, 1] in the compute dtype: 1 for real rows, 0 for padding."""
+    inv_index: torch.Tensor
+    """[T] long: padded position of each packed row; rows without a LoRA point at a padding
+    position (always zero after pad_mask)."""
+    n: int
+    m: int
 
     @classmethod
     def build(
@@ -115,31 +125,46 @@ class LoRARows:
         for t, s in enumerate(row_slots):
             if s >= 0:
                 buckets[s].append(t)
-        m = max((len(b) for b in buckets), default=0) or 1
-        idx = torch.zeros(n, m, dtype=torch.long)
-        mask = torch.zeros(n, m, 1)
+        has_other = len(row_slots) > sum(len(b) for b in buckets)
+        # One spare padding row when some rows use no LoRA: they all read it (adapter 0's
+        # last row, which is padding since m exceeds every adapter's row count).
+        m = max((len(b) for b in buckets), default=0) + (1 if has_other else 0)
+        m = max(m, 1)
+        flat = [0] * (n * m)
+        mask = torch.zeros(n * m, 1)
+        inv = [m - 1] * len(row_slots)
         for i, b in enumerate(buckets):
-            if b:
-                idx[i, : len(b)] = torch.tensor(b)
-                mask[i, : len(b)] = 1.0
-        return cls(idx.to(device), mask.to(device=device, dtype=dtype))
+            for j, t in enumerate(b):
+                flat[i * m + j] = t
+                inv[t] = i * m + j
+            mask[i * m : i * m + len(b)] = 1.0
+        return cls(
+            torch.tensor(flat, dtype=torch.long, device=device),
+            mask.view(n, m, 1).to(device=device, dtype=dtype),
+            torch.tensor(inv, dtype=torch.long, device=device),
+            n,
+            m,
+        )
 
 
-def lora_grouped(
-    x: torch.Tensor, y: torch.Tensor, gw: _GroupWeights, rows: LoRARows
-) -> None:
+def lora_grouped(x: torch.Tensor, y: torch.Tensor, gw: _GroupWeights, rows: LoRARows) -> None:
     """y[t, module cols] += B_a (A_a x[t]) for every row t of each adapter a. In place.
 
-    x: [T, d_in]; y: [T, d_out_total] (the fused projection's output).
+    x: [T, d_in]; y: [T, d_out_total] (the fused projection's output, subs in order).
     """
-    n, m = rows.token_index.shape
-    xg = x[rows.token_index]  # [n, m, d_in]
-    h = torch.bmm(xg, gw.a_t) * rows.pad_mask  # [n, m, S*r]; padding rows zeroed
-    flat = rows.token_index.view(-1)
-    for sub in gw.subs:
-        out = torch.bmm(h[:, :, sub.col : sub.col + gw.rank], sub.b)  # [n, m, d_out]
-        d_out = out.shape[-1]
-        y[:, sub.out_offset : sub.out_offset + d_out].index_add_(0, flat, out.view(n * m, d_out))
+    n, m = rows.n, rows.m
+    xg = x.index_select(0, rows.flat_index).view(n, m, -1)  # [n, m, d_in]
+    h = torch.bmm(xg, gw.a_t).mul_(rows.pad_mask)  # [n, m, S*r]; padding rows zeroed
+    outs = [torch.bmm(h[:, :, s.col : s.col + gw.rank], s.b) for s in gw.subs]  # [n, m, d_s]
+    if gw.covers_all:  # one gather + add for the whole fused output
+        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+        y.add_(out.view(n * m, -1).index_select(0, rows.inv_index))
+        return
+    for sub, out in zip(gw.subs, outs, strict=True):
+        d = out.shape[-1]
+        y[:, sub.out_offset : sub.out_offset + d].add_(
+            out.view(n * m, d).index_select(0, rows.inv_index)
+        )
 
 
 def lora_reference(
