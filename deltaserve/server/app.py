@@ -1,0 +1,109 @@
+"""The FastAPI app factory and its lifespan (engine start, drain, engine stop)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from deltaserve.engine.protocol import EngineClient
+from deltaserve.server.adapters import AdapterResolver, DirectoryAdapterResolver
+from deltaserve.server.auth import ApiKeyAuth
+from deltaserve.server.engine_factory import build_engine
+from deltaserve.server.errors import install_error_handlers
+from deltaserve.server.middleware import BodySizeLimitMiddleware
+from deltaserve.server.routes import health, openai_api
+from deltaserve.server.settings import Settings
+from deltaserve.server.state import ServerState
+
+logger = logging.getLogger(__name__)
+
+DRAIN_POLL_S = 0.05
+CUT_GRACE_S = 3.0
+"""After the drain deadline aborts requests, how long their responses get to finish."""
+
+
+def create_app(
+    settings: Settings,
+    engine: EngineClient | None = None,
+    resolver: AdapterResolver | None = None,
+) -> FastAPI:
+    """A ready-to-serve app. Without `engine`, the lifespan builds one from `settings`."""
+    state = ServerState(
+        settings=settings,
+        resolver=resolver or DirectoryAdapterResolver(settings.adapter_dir),
+        auth=ApiKeyAuth.from_file(settings.api_keys),
+        engine=engine,
+    )
+    if settings.redis_url:
+        logger.warning(
+            "--redis-url is accepted but the shared Redis adapter cache is not built yet"
+        )
+    app = FastAPI(title="deltaserve", version="0.1.0", lifespan=_lifespan)
+    app.state.server = state
+    install_error_handlers(app)
+    app.include_router(openai_api.router)
+    app.include_router(health.router)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    return app
+
+
+def start_draining(app: FastAPI) -> None:
+    """Stop admitting requests (503); in-flight ones may finish until --drain-timeout-s.
+
+    Safe to call from a signal handler: the deadline is scheduled onto the app's loop.
+    """
+    state: ServerState = app.state.server
+    if not state.draining:
+        logger.info("draining: %d request(s) in flight", state.in_flight)
+    state.draining = True
+    if state.loop is not None and state.drain_deadline is None:
+        state.loop.call_soon_threadsafe(_start_deadline, state)
+
+
+def _start_deadline(state: ServerState) -> asyncio.Future[None]:
+    if state.drain_deadline is None:
+        state.drain_deadline = asyncio.ensure_future(_cut_after_deadline(state))
+    return state.drain_deadline
+
+
+async def _cut_after_deadline(state: ServerState) -> None:
+    """After the drain timeout, abort whatever still runs (clients get a 503 error event)."""
+    if not await wait_for_in_flight(state, state.settings.drain_timeout_s):
+        logger.warning("drain timeout: aborting %d request(s) in flight", state.in_flight)
+        for run in list(state.runs):
+            run.shut_down()
+
+
+async def wait_for_in_flight(state: ServerState, timeout_s: float) -> bool:
+    """Wait until no generation request is in flight; False if `timeout_s` passed first."""
+    deadline = time.monotonic() + timeout_s
+    while state.in_flight > 0:
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(DRAIN_POLL_S)
+    return True
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    state: ServerState = app.state.server
+    state.loop = asyncio.get_running_loop()
+    if state.engine is None:
+        state.engine = build_engine(state.settings)
+    await state.engine.start()
+    state.ready = True
+    logger.info("serving %s (context %d tokens)", state.base_model_id, state.engine.max_model_len)
+    try:
+        yield
+    finally:
+        start_draining(app)
+        state.ready = False
+        await _start_deadline(state)
+        await wait_for_in_flight(state, CUT_GRACE_S)  # let cut requests tell their clients
+        await state.engine.shutdown()
+        logger.info("engine stopped")

@@ -1,0 +1,44 @@
+"""Building the engine backend that `--engine` names from the server settings."""
+
+from __future__ import annotations
+
+import logging
+
+from deltaserve.engine.protocol import EngineClient
+from deltaserve.server.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class EngineUnavailableError(RuntimeError):
+    """The configured engine backend cannot be used in this installation."""
+
+
+def engine_config(settings: Settings):  # -> deltaserve.engine.config.EngineConfig
+    """The native engine's configuration from the server settings."""
+    from deltaserve.engine.config import EngineConfig
+
+    return EngineConfig(
+        model=settings.model,
+        dtype=settings.dtype,
+        device=settings.device,
+        max_num_seqs=settings.max_num_seqs,
+        max_model_len=settings.max_model_len,
+        max_loras=settings.max_gpu_adapters,
+        max_lora_rank=settings.max_lora_rank,
+        max_cpu_adapters=settings.max_cpu_adapters,
+        max_waiting=settings.max_waiting,
+        seed=settings.seed,
+    )
+
+
+def build_engine(settings: Settings) -> EngineClient:
+    """Construct (not start) the engine; loads the model weights."""
+    if settings.engine == "vllm":
+        raise EngineUnavailableError(
+            "--engine vllm is not available in this build; use --engine native."
+        )
+    from deltaserve.engine.async_engine import AsyncLLMEngine
+
+    logger.info("loading %s (device=%s, dtype=%s)", settings.model, settings.device, settings.dtype)
+    return AsyncLLMEngine(engine_config(settings))

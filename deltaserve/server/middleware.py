@@ -1,0 +1,83 @@
+"""ASGI middleware: request body size limit (413 before the app parses anything)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from deltaserve.server.errors import PayloadTooLargeError
+
+logger = logging.getLogger(__name__)
+
+
+class BodySizeLimitMiddleware:
+    """Reads the whole body up to `max_bytes`, then replays it to the app; larger bodies get 413.
+
+    Both a declared Content-Length and the bytes actually received count, so chunked uploads
+    cannot slip past the limit.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            await self._reject(send, declared)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the client is gone; nothing to answer
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                await self._reject(send, size)
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _reject(self, send: Send, size: int) -> None:
+        logger.info(
+            "rejecting a request body of at least %d bytes (limit %d)", size, self.max_bytes
+        )
+        error = PayloadTooLargeError(
+            f"The request body is larger than this server's limit of {self.max_bytes} bytes."
+        )
+        payload = json.dumps(error.to_dict()).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(payload)).encode()),
+            (b"connection", b"close"),
+        ]
+        await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", []):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None

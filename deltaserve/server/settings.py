@@ -1,0 +1,134 @@
+"""Server settings: the only place that reads the environment (`DELTASERVE_*`).
+
+Each field is one `deltaserve serve` flag (`--max-num-seqs` ↔ `max_num_seqs` ↔
+`DELTASERVE_MAX_NUM_SEQS`); the CLI builds its parser from these fields, so the field
+descriptions are the `--help` text. Precedence: command-line flag > environment > default.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything `deltaserve serve` can be told, typed and documented."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DELTASERVE_", extra="ignore", protected_namespaces=()
+    )
+
+    # --- what to serve -------------------------------------------------------------------
+    model: str = Field(
+        json_schema_extra={"metavar": "DIR"},
+        description="Base model: a Hugging Face model directory (config, safetensors, tokenizer).",
+    )
+    served_model_name: str | None = Field(
+        None,
+        json_schema_extra={"metavar": "NAME"},
+        description="The base model's id in the API (default: the model directory's name).",
+    )
+    adapter_dir: Path | None = Field(
+        None,
+        description="Directory of adapters, one subdirectory per adapter; its name is the adapter's "
+        "`model` id (PEFT LoRA directories are taken as is).",
+    )
+    # --- where to listen -----------------------------------------------------------------
+    host: str = Field(
+        "127.0.0.1",
+        json_schema_extra={"metavar": "HOST"},
+        description="Address to bind (0.0.0.0 for all interfaces).",
+    )
+    port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on.")
+    redis_url: str | None = Field(
+        None,
+        json_schema_extra={"metavar": "URL"},
+        description="Redis URL of the shared adapter cache (redis://host:port/db); unset = embedded cache.",
+    )
+    # --- engine --------------------------------------------------------------------------
+    engine: Literal["native", "vllm"] = Field("native", description="Engine backend.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Device for the base model (auto: CUDA when available)."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="Weight/activation dtype (auto: the checkpoint's dtype on GPU, float32 on CPU).",
+    )
+    max_num_seqs: int = Field(
+        64, ge=1, description="Most sequences in one engine step (batch size cap)."
+    )
+    max_gpu_adapters: int = Field(
+        8, ge=1, description="Most distinct adapters in one engine step (device adapter slots)."
+    )
+    max_cpu_adapters: int = Field(
+        64, ge=1, description="Most adapters kept loaded in host memory (LRU beyond that)."
+    )
+    max_lora_rank: int = Field(64, ge=1, description="Largest LoRA rank accepted.")
+    max_model_len: int | None = Field(
+        None, ge=1, description="Context length (prompt + generated tokens); default: the model's."
+    )
+    seed: int = Field(0, description="Engine seed for requests that do not set their own.")
+    # --- tenancy -------------------------------------------------------------------------
+    api_keys: Path | None = Field(
+        None,
+        description='JSON file {"keys": [{"key" or "key_sha256", "tenant", "role": "user|admin"}]}; '
+        "unset = single-tenant, no authentication.",
+    )
+    adapter_source_root: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Server-side directories adapters may be registered from (repeatable; "
+        f"in the environment a JSON list or paths separated by '{os.pathsep}').",
+    )
+    # --- limits --------------------------------------------------------------------------
+    max_body_bytes: int = Field(
+        16 * 1024 * 1024, ge=1, description="Largest request body accepted (larger: 413)."
+    )
+    max_prompt_tokens: int | None = Field(
+        None, ge=1, description="Longest prompt in tokens (default: the context length)."
+    )
+    max_n: int = Field(
+        16, ge=1, description="Largest `n` (samples per prompt) a request may ask for."
+    )
+    max_tokens_limit: int | None = Field(
+        None, ge=1, description="Largest `max_tokens` a request may ask for; also caps the default."
+    )
+    max_waiting: int = Field(
+        1024, ge=1, description="Longest engine waiting queue; requests beyond it get 429."
+    )
+    drain_timeout_s: float = Field(
+        30.0, ge=0, description="On SIGTERM, how long in-flight requests may run before being cut."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level."
+    )
+
+    @field_validator("adapter_source_root", mode="before")
+    @classmethod
+    def _split_roots(cls, value: Any) -> Any:
+        """Accept a JSON list or an os.pathsep-separated string (from the environment)."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [p for p in text.split(os.pathsep) if p]
+        return value
+
+    @property
+    def base_model_id(self) -> str:
+        """The base model's id in the API: --served-model-name, else the model directory's name."""
+        if self.served_model_name:
+            return self.served_model_name
+        return Path(self.model).resolve().name or self.model
+
+
+class DemoSettings(BaseSettings):
+    """`deltaserve demo`: build the demo base model and adapters."""
+
+    model_config = SettingsConfigDict(env_prefix="DELTASERVE_", extra="ignore")
+
+    out: Path = Field(description="Directory to write the demo into (base/ and adapters/).")

@@ -1,0 +1,115 @@
+"""Per-app server state and the FastAPI dependencies that hand it to routes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Annotated, Protocol
+
+from fastapi import Depends, Header, Request
+
+from deltaserve.engine.adapters.base import AdapterRequest
+from deltaserve.engine.protocol import EngineClient, EngineStats
+from deltaserve.server.adapters import AdapterNotFoundError, AdapterResolver
+from deltaserve.server.auth import ApiKeyAuth, Principal
+from deltaserve.server.errors import ModelNotFoundError, ServiceUnavailableError
+from deltaserve.server.metrics import ServerMetrics
+from deltaserve.server.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class ActiveRun(Protocol):
+    """A generation request in flight, as the drain sees it."""
+
+    def shut_down(self) -> None:
+        """Abort it now; its client is told that the server shut down."""
+        ...
+
+
+@dataclass
+class ServerState:
+    """Everything the routes share; one per app (stored in `app.state.server`)."""
+
+    settings: Settings
+    resolver: AdapterResolver
+    auth: ApiKeyAuth
+    engine: EngineClient | None = None
+    ready: bool = False
+    """The engine is started and serving."""
+    draining: bool = False
+    """Shutting down: new generation requests get 503, in-flight ones finish."""
+    runs: set[ActiveRun] = field(default_factory=set)
+    """Generation requests being served right now."""
+    loop: asyncio.AbstractEventLoop | None = None
+    """The event loop serving the app (set at startup; signal handlers schedule onto it)."""
+    drain_deadline: asyncio.Future[None] | None = None
+    """Started with the drain: cuts what is still running after --drain-timeout-s."""
+    started_at: int = field(default_factory=lambda: int(time.time()))
+    """Unix seconds when the app was created (the base model's `created`)."""
+    token_text: dict[int, str] = field(default_factory=dict)
+    """Cache of single-token decodes (logprobs)."""
+    metrics: ServerMetrics = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.metrics = ServerMetrics(self.engine_stats)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.runs)
+
+    @property
+    def base_model_id(self) -> str:
+        return self.settings.base_model_id
+
+    def engine_stats(self) -> EngineStats | None:
+        """The engine's snapshot, or None before it exists."""
+        return self.engine.stats() if self.engine is not None else None
+
+    def serving_engine(self) -> EngineClient:
+        """The engine, if new requests may be admitted now; else 503."""
+        if self.draining:
+            raise ServiceUnavailableError(
+                "The server is shutting down and not accepting new requests.", code="draining"
+            )
+        if not self.ready or self.engine is None:
+            raise ServiceUnavailableError("The model is not loaded yet.", code="not_ready")
+        return self.engine
+
+    def resolve_model(self, model: str, principal: Principal) -> AdapterRequest | None:
+        """None for the base model, the adapter for an adapter name; else 404."""
+        if model == self.base_model_id:
+            return None
+        try:
+            return self.resolver.resolve(model, tenant=principal.tenant)
+        except AdapterNotFoundError:
+            raise ModelNotFoundError(model) from None
+
+    def token_str(self, token_id: int) -> str:
+        """The text of one token (as OpenAI's logprobs show it)."""
+        text = self.token_text.get(token_id)
+        if text is None:
+            assert self.engine is not None
+            text = self.engine.tokenizer.decode([token_id])
+            if len(self.token_text) < 1 << 20:
+                self.token_text[token_id] = text
+        return text
+
+
+def get_state(request: Request) -> ServerState:
+    return request.app.state.server
+
+
+StateDep = Annotated[ServerState, Depends(get_state)]
+
+
+def get_principal(
+    state: StateDep, authorization: Annotated[str | None, Header()] = None
+) -> Principal:
+    """The authenticated caller (401 without a valid key when keys are configured)."""
+    return state.auth.authenticate(authorization)
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
