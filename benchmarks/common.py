@@ -1,0 +1,67 @@
+"""What every engine runner shares: the variants, the request→adapter map, and the result row."""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass, field
+
+# Variant name -> number of distinct adapters the requests use (None = all the workload has).
+# W-8 caps at the workload's adapter count so a --small run (4 adapters) still works.
+VARIANTS: dict[str, int | None] = {"W-base": 0, "W-8": 8, "W": None}
+ENGINES = ("deltaserve", "peft")
+SAMPLE_REQUESTS = 4  # how many requests' tokens each run keeps to compare engines
+
+
+def adapters_in(variant: str, num_adapters: int) -> int:
+    """How many distinct adapters `variant` uses when the workload has `num_adapters`."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    k = VARIANTS[variant]
+    return num_adapters if k is None else min(k, num_adapters)
+
+
+def round_robin(num_requests: int, k: int) -> list[int | None]:
+    """Adapter index of each request: 0, 1, ..., k-1, 0, 1, ...; None (base) when k == 0."""
+    return [None if k == 0 else i % k for i in range(num_requests)]
+
+
+@dataclass
+class RunResult:
+    """One (engine, variant) measurement."""
+
+    engine: str
+    variant: str
+    num_adapters: int
+    num_requests: int
+    prompt_len: int
+    gen_len: int
+    generated_tokens: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+    """Why there is no measurement (engine missing or failed); tok_s is then 0."""
+    sample_tokens: list[list[int]] = field(default_factory=list)
+    """Generated token ids of the first SAMPLE_REQUESTS requests, to compare engines."""
+
+    @property
+    def tok_s(self) -> float:
+        return self.generated_tokens / self.seconds if self.seconds > 0 and not self.error else 0.0
+
+    def to_json(self) -> dict:
+        return {
+            "engine": self.engine,
+            "variant": self.variant,
+            "num_adapters": self.num_adapters,
+            "num_requests": self.num_requests,
+            "prompt_len": self.prompt_len,
+            "gen_len": self.gen_len,
+            "generated_tokens": self.generated_tokens,
+            "seconds": round(self.seconds, 4),
+            "tok_s": round(self.tok_s, 2),
+            "error": self.error,
+            "sample_tokens": self.sample_tokens,
+        }
+
+
+def free_memory() -> None:
+    """Drop the previous run's model before loading the next (CPU RAM is shared)."""
+    gc.collect()

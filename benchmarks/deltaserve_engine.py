@@ -1,0 +1,109 @@
+"""deltaserve's own engine on workload W, through its offline `LLMEngine.generate` API.
+
+The engine is imported lazily: while it is missing (or broken) the harness reports
+"deltaserve engine not available" for this engine and still runs the PEFT baseline.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+import traceback
+from types import SimpleNamespace
+
+from benchmarks.common import SAMPLE_REQUESTS, RunResult, adapters_in, free_memory, round_robin
+from benchmarks.workload import Assets
+
+WARMUP_TOKENS = 4
+WARMUP_MIN_REQUESTS = 4
+
+
+def _api() -> SimpleNamespace:
+    """The engine's public classes, imported by name (the engine is optional at import time)."""
+    mods = {name: importlib.import_module(f"deltaserve.engine.{name}")
+            for name in ("adapters.base", "config", "llm_engine", "sampling_params")}
+    return SimpleNamespace(
+        AdapterRequest=mods["adapters.base"].AdapterRequest,
+        EngineConfig=mods["config"].EngineConfig,
+        LLMEngine=mods["llm_engine"].LLMEngine,
+        SamplingParams=mods["sampling_params"].SamplingParams,
+    )
+
+
+def unavailable_reason() -> str | None:
+    """None when the engine imports; otherwise a one-line reason."""
+    try:
+        _api()
+    except Exception as exc:  # ImportError, or an error inside a half-written module
+        return f"deltaserve engine not available ({type(exc).__name__}: {exc})"
+    return None
+
+
+def _params(num_tokens: int):
+    # Greedy, exactly num_tokens per request (min = max, EOS ignored), like the PEFT run.
+    return _api().SamplingParams(
+        max_tokens=num_tokens, min_tokens=num_tokens, temperature=0.0, ignore_eos=True
+    )
+
+
+def run(
+    assets: Assets, variant: str, prompts: list[list[int]], gen_len: int
+) -> RunResult:
+    """Measure generated tokens / wall second of one `generate` over all requests."""
+    k = adapters_in(variant, assets.spec.num_adapters)
+    res = RunResult(
+        engine="deltaserve", variant=variant, num_adapters=k, num_requests=len(prompts),
+        prompt_len=len(prompts[0]), gen_len=gen_len,
+    )
+    reason = unavailable_reason()
+    if reason:
+        res.error = reason
+        return res
+    try:
+        _measure(assets, k, prompts, gen_len, res)
+    except Exception as exc:  # report, keep the other runs going
+        traceback.print_exc()
+        res.error = f"deltaserve run failed ({type(exc).__name__}: {exc})"
+    free_memory()
+    return res
+
+
+def _measure(
+    assets: Assets, k: int, prompts: list[list[int]], gen_len: int, res: RunResult
+) -> None:
+    api = _api()
+    reqs = [
+        api.AdapterRequest(name=assets.adapter_name(i), path=str(assets.adapter_dir(i)))
+        for i in range(k)
+    ]
+    # One engine configuration for every variant (as a server would run): room for all the
+    # workload's adapters and a batch of all requests.
+    engine = api.LLMEngine(
+        api.EngineConfig(
+            model=str(assets.base_dir),
+            dtype="bfloat16",
+            max_num_seqs=len(prompts),
+            max_loras=max(assets.spec.num_adapters, 1),
+        )
+    )
+
+    def adapters_for(n: int) -> list:
+        return [None if i is None else reqs[i] for i in round_robin(n, k)]
+
+    # Warm-up: enough short requests that every adapter of the variant gets loaded.
+    n_warm = max(WARMUP_MIN_REQUESTS, k)
+    warm_prompts = [prompts[i % len(prompts)] for i in range(n_warm)]
+    engine.generate(warm_prompts, _params(WARMUP_TOKENS), adapters=adapters_for(n_warm))
+
+    start = time.perf_counter()
+    outs = engine.generate(prompts, _params(gen_len), adapters=adapters_for(len(prompts)))
+    res.seconds = time.perf_counter() - start
+    token_ids = [list(o.outputs[0].token_ids) for o in outs]
+    res.generated_tokens = sum(len(t) for t in token_ids)
+    res.sample_tokens = token_ids[:SAMPLE_REQUESTS]
+    if res.generated_tokens != len(prompts) * gen_len:
+        print(
+            f"warning: deltaserve generated {res.generated_tokens} tokens, "
+            f"expected {len(prompts) * gen_len}"
+        )
+    del engine, outs
