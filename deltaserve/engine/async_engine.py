@@ -65,6 +65,9 @@ class AsyncLLMEngine:
             self._thread = None
         self._loaders.shutdown(wait=False)
 
+    def set_adapter_load_observer(self, observer) -> None:
+        self.engine.pool.on_load = observer
+
     def stats(self) -> EngineStats:
         """Snapshot taken by the step thread after its last step (never blocks)."""
         return self._stats

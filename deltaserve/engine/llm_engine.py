@@ -308,6 +308,8 @@ class LLMEngine:
             last_batch_adapters=self.last_batch_adapters,
             steps_total=self.steps_total,
             adapters_resident={"device": ps.device_resident, "host": ps.host_resident},
+            adapter_cache_hits={"device": ps.device_hits, "host": ps.host_hits},
+            adapter_cache_misses={"device": ps.device_misses, "host": ps.host_misses},
         )
 
     @staticmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from deltaserve.engine.adapters.base import AdapterRequest
@@ -31,6 +32,10 @@ class EngineStats:
     steps_total: int = 0
     adapters_resident: dict[str, int] = field(default_factory=dict)
     """Adapters resident per tier ('device', 'host')."""
+    adapter_cache_hits: dict[str, int] = field(default_factory=dict)
+    """Cumulative lookups served by each tier ('device', 'host')."""
+    adapter_cache_misses: dict[str, int] = field(default_factory=dict)
+    """Cumulative lookups each tier could not serve."""
 
 
 class EngineClient(Protocol):
@@ -47,6 +52,7 @@ class EngineClient(Protocol):
         params: SamplingParams,
         request_id: str,
         adapter: AdapterRequest | None = None,
+        tenant: str | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Stream cumulative outputs; the last one has finished=True.
 
@@ -56,7 +62,13 @@ class EngineClient(Protocol):
         """
         ...
 
-    async def abort(self, request_id: str) -> None: ...
+    async def abort(self, request_id: str) -> None:
+        """Abort a request; a no-op for unknown or finished ids."""
+        ...
+
+    def set_adapter_load_observer(self, observer: Callable[[str, float], None]) -> None:
+        """Call observer(tier, seconds) after each adapter load into a tier (any thread)."""
+        ...
 
     def stats(self) -> EngineStats: ...
 

@@ -95,6 +95,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.loop = asyncio.get_running_loop()
     if state.engine is None:
         state.engine = build_engine(state.settings)
+    if hasattr(state.engine, "set_adapter_load_observer"):
+        state.engine.set_adapter_load_observer(state.metrics.observe_adapter_load)
     await state.engine.start()
     state.ready = True
     logger.info("serving %s (context %d tokens)", state.base_model_id, state.engine.max_model_len)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,6 +54,8 @@ class AdapterPool:
         self._device: OrderedDict[str, LoRAAdapter] = OrderedDict()
         self._refs: dict[str, int] = {}  # requests holding each adapter (pins the host copy)
         self._loading: dict[str, threading.Event] = {}
+        self.on_load: Callable[[str, float], None] | None = None
+        """Observer called with (tier, seconds) after a load: 'origin' → host, 'host' → device."""
         self._counters = PoolStats()  # hits/misses; residency is computed when read
         self._elem = torch.tensor([], dtype=dtype).element_size()
 
@@ -73,7 +76,9 @@ class AdapterPool:
                     break
             event.wait()  # another thread is loading it; then re-check
         try:
+            t0 = time.perf_counter()
             adapter = self._loader(req)
+            self._observe("origin", time.perf_counter() - t0)
         except Exception:
             with self._lock:
                 self._loading.pop(key).set()
@@ -140,13 +145,22 @@ class AdapterPool:
                 if host is None:
                     raise AdapterError(f"adapter {key!r} is not loaded (no request holds it)")
                 need = self.device_bytes(key)
+                t0 = time.perf_counter()
                 ad = host.to(self.device, self.dtype)
+                self._observe("host", time.perf_counter() - t0)
                 with self._lock:
                     self._counters.device_misses += 1
                     self._make_room(need, set(keys) | protected)
                     self._device[key] = ad
             out.append(ad)
         return out
+
+    def _observe(self, tier: str, seconds: float) -> None:
+        if self.on_load is not None:
+            try:
+                self.on_load(tier, seconds)
+            except Exception:  # metrics must never break serving
+                logger.exception("adapter load observer failed")
 
     def _make_room(self, need: int, keep: set[str]) -> None:
         used = self._device_used()
