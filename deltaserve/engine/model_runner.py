@@ -48,8 +48,8 @@ class ModelRunner:
         self._stack_keys: list[str] = []
 
     def execute(self, sched: SchedulerOutput, protected: set[str]) -> SamplerOutput:
+        adapters = self._adapter_batch(sched, protected)  # also orders rows by adapter
         inputs = self.prepare(sched)
-        adapters = self._adapter_batch(sched, protected)
         logits = self.model(
             inputs.input_ids, inputs.positions, self.kv.layers, inputs.attn,
             inputs.logits_index, adapters,
@@ -132,6 +132,9 @@ class ModelRunner:
             return None
         stack_keys = self._stack_for(keys, protected)
         slot_of = {k: i for i, k in enumerate(stack_keys)}
+        # Rows of one adapter side by side, base rows last: for uniform batches the op then
+        # works on views of the packed rows (no gather/scatter). Outputs follow this order.
+        sched.scheduled.sort(key=lambda it: slot_of.get(it.seq.adapter_key, len(slot_of)))
         row_slots: list[int] = []
         for item in sched.scheduled:
             key = item.seq.adapter_key

@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto",
-        description="Weight/activation dtype (auto: the checkpoint's dtype on GPU, float32 on CPU).",
+        description="Weight/activation dtype (auto: bfloat16 on CUDA; on CPU the checkpoint's dtype, float32 if it names none).",
     )
     max_num_seqs: int = Field(
         64, ge=1, description="Most sequences in one engine step (batch size cap)."

@@ -50,8 +50,10 @@ def paged_attention(
     else:
         q_ext = torch.cat([q, q.new_zeros(1, num_heads, head_dim)], dim=0)
         qb = q_ext[meta.q_index]  # [B, Lq, H, D]
-    kb = k_cache[meta.kv_index]  # [B, Lk, Hkv, D]
-    vb = v_cache[meta.kv_index]
+    # index_select on a flat index is several times faster than advanced indexing on CPU.
+    flat = meta.kv_index.view(-1)
+    kb = k_cache.index_select(0, flat).view(bsz, -1, *k_cache.shape[1:])  # [B, Lk, Hkv, D]
+    vb = v_cache.index_select(0, flat).view(bsz, -1, *v_cache.shape[1:])
     out = F.scaled_dot_product_attention(
         qb.transpose(1, 2),
         kb.transpose(1, 2),

@@ -98,6 +98,9 @@ def _stack_group(adapters, layer, modules, out_sizes, device, dtype) -> _GroupWe
     return _GroupWeights(a_t, rank, subs, covers_all=len(present) == len(modules))
 
 
+_EMPTY = torch.empty(0, dtype=torch.long)
+
+
 @dataclass
 class LoRARows:
     """Which rows use which stacked adapter in this step, as gather indices.
@@ -115,6 +118,9 @@ class LoRARows:
     position (always zero after pad_mask)."""
     n: int
     m: int
+    contiguous: bool = False
+    """Adapter i's rows are exactly packed rows [i*m, (i+1)*m) (the runner sorts rows by
+    adapter, base rows last): then no gather or scatter is needed at all."""
 
     @classmethod
     def build(
@@ -125,6 +131,11 @@ class LoRARows:
         for t, s in enumerate(row_slots):
             if s >= 0:
                 buckets[s].append(t)
+        sizes = {len(b) for b in buckets}
+        if len(sizes) == 1 and 0 not in sizes and all(b == list(range(i * len(b), (i + 1) * len(b)))
+                                   for i, b in enumerate(buckets)):
+            m = sizes.pop()
+            return cls(_EMPTY, _EMPTY, _EMPTY, n, m, contiguous=True)
         has_other = len(row_slots) > sum(len(b) for b in buckets)
         # One spare padding row when some rows use no LoRA: they all read it (adapter 0's
         # last row, which is padding since m exceeds every adapter's row count).
@@ -153,6 +164,9 @@ def lora_grouped(x: torch.Tensor, y: torch.Tensor, gw: _GroupWeights, rows: LoRA
     x: [T, d_in]; y: [T, d_out_total] (the fused projection's output, subs in order).
     """
     n, m = rows.n, rows.m
+    if rows.contiguous:
+        _lora_contiguous(x[: n * m].view(n, m, -1), y[: n * m].view(n, m, -1), gw)
+        return
     xg = x.index_select(0, rows.flat_index).view(n, m, -1)  # [n, m, d_in]
     h = torch.bmm(xg, gw.a_t).mul_(rows.pad_mask)  # [n, m, S*r]; padding rows zeroed
     outs = [torch.bmm(h[:, :, s.col : s.col + gw.rank], s.b) for s in gw.subs]  # [n, m, d_s]
@@ -165,6 +179,14 @@ def lora_grouped(x: torch.Tensor, y: torch.Tensor, gw: _GroupWeights, rows: LoRA
         y[:, sub.out_offset : sub.out_offset + d].add_(
             out.view(n * m, d).index_select(0, rows.inv_index)
         )
+
+
+def _lora_contiguous(xg: torch.Tensor, yg: torch.Tensor, gw: _GroupWeights) -> None:
+    """xg: [n, m, d_in] and yg: [n, m, d_out_total] are views of the packed rows."""
+    h = torch.bmm(xg, gw.a_t)  # [n, m, S*r]
+    for s in gw.subs:
+        d = s.b.shape[-1]
+        yg[:, :, s.out_offset : s.out_offset + d].baddbmm_(h[:, :, s.col : s.col + gw.rank], s.b)
 
 
 def lora_reference(
