@@ -62,6 +62,18 @@ class RunResult:
         }
 
 
-def free_memory() -> None:
-    """Drop the previous run's model before loading the next (CPU RAM is shared)."""
+def sync(device: str) -> None:
+    """Wait for queued GPU work, so a clock read around it sees it finished (no-op on CPU)."""
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def free_memory(device: str = "cpu") -> None:
+    """Drop the previous run's model before loading the next (CPU RAM / GPU memory is shared)."""
     gc.collect()
+    if device == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()

@@ -11,7 +11,14 @@ import time
 import traceback
 from types import SimpleNamespace
 
-from benchmarks.common import SAMPLE_REQUESTS, RunResult, adapters_in, free_memory, round_robin
+from benchmarks.common import (
+    SAMPLE_REQUESTS,
+    RunResult,
+    adapters_in,
+    free_memory,
+    round_robin,
+    sync,
+)
 from benchmarks.workload import Assets
 
 WARMUP_TOKENS = 4
@@ -47,9 +54,18 @@ def _params(num_tokens: int):
 
 
 def run(
-    assets: Assets, variant: str, prompts: list[list[int]], gen_len: int
+    assets: Assets,
+    variant: str,
+    prompts: list[list[int]],
+    gen_len: int,
+    device: str = "cpu",
+    mixed_prefill_decode: bool = False,
 ) -> RunResult:
-    """Measure generated tokens / wall second of one `generate` over all requests."""
+    """Measure generated tokens / wall second of one `generate` over all requests.
+
+    device: "cpu" or "cuda" (EngineConfig.device). mixed_prefill_decode: prefills share
+    steps with decodes (EngineConfig.mixed_prefill_decode) instead of getting their own step.
+    """
     k = adapters_in(variant, assets.spec.num_adapters)
     res = RunResult(
         engine="deltaserve", variant=variant, num_adapters=k, num_requests=len(prompts),
@@ -60,16 +76,22 @@ def run(
         res.error = reason
         return res
     try:
-        _measure(assets, k, prompts, gen_len, res)
+        _measure(assets, k, prompts, gen_len, res, device, mixed_prefill_decode)
     except Exception as exc:  # report, keep the other runs going
         traceback.print_exc()
         res.error = f"deltaserve run failed ({type(exc).__name__}: {exc})"
-    free_memory()
+    free_memory(device)
     return res
 
 
 def _measure(
-    assets: Assets, k: int, prompts: list[list[int]], gen_len: int, res: RunResult
+    assets: Assets,
+    k: int,
+    prompts: list[list[int]],
+    gen_len: int,
+    res: RunResult,
+    device: str,
+    mixed_prefill_decode: bool,
 ) -> None:
     api = _api()
     reqs = [
@@ -84,6 +106,8 @@ def _measure(
             dtype="bfloat16",
             max_num_seqs=len(prompts),
             max_loras=max(assets.spec.num_adapters, 1),
+            device=device,
+            mixed_prefill_decode=mixed_prefill_decode,
         )
     )
 
@@ -95,8 +119,12 @@ def _measure(
     warm_prompts = [prompts[i % len(prompts)] for i in range(n_warm)]
     engine.generate(warm_prompts, _params(WARMUP_TOKENS), adapters=adapters_for(n_warm))
 
+    # generate() already waits for the GPU (it reads the tokens back); the syncs make the
+    # timed region's edges explicit on CUDA.
+    sync(device)
     start = time.perf_counter()
     outs = engine.generate(prompts, _params(gen_len), adapters=adapters_for(len(prompts)))
+    sync(device)
     res.seconds = time.perf_counter() - start
     token_ids = [list(o.outputs[0].token_ids) for o in outs]
     res.generated_tokens = sum(len(t) for t in token_ids)

@@ -9,14 +9,21 @@ from __future__ import annotations
 
 import time
 
-from benchmarks.common import SAMPLE_REQUESTS, RunResult, adapters_in, free_memory, round_robin
+from benchmarks.common import (
+    SAMPLE_REQUESTS,
+    RunResult,
+    adapters_in,
+    free_memory,
+    round_robin,
+    sync,
+)
 from benchmarks.workload import PAD_ID, Assets
 
 WARMUP_TOKENS = 2
 
 
-def load_model(assets: Assets, k: int):
-    """bf16 base, wrapped by PEFT with adapters 0..k-1 loaded when k > 0."""
+def load_model(assets: Assets, k: int, device: str = "cpu"):
+    """bf16 base on `device`, wrapped by PEFT with adapters 0..k-1 loaded when k > 0."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -29,15 +36,17 @@ def load_model(assets: Assets, k: int):
         )
         for i in range(1, k):
             model.load_adapter(str(assets.adapter_dir(i)), adapter_name=assets.adapter_name(i))
-    return model.eval()
+    return model.to(device).eval()
 
 
-def _generate(model, prompts: list[list[int]], names: list[str] | None, gen_len: int):
+def _generate(
+    model, prompts: list[list[int]], names: list[str] | None, gen_len: int, device: str = "cpu"
+):
     """Greedy batch generation; returns generated ids [batch, gen_len] (prompt stripped)."""
     import torch
 
     # All prompts have the same length, so no padding: input_ids [batch, prompt_len].
-    input_ids = torch.tensor(prompts, dtype=torch.long)
+    input_ids = torch.tensor(prompts, dtype=torch.long, device=device)
     attention_mask = torch.ones_like(input_ids)
     kwargs = {"adapter_names": names} if names is not None else {}
     with torch.inference_mode():
@@ -54,7 +63,7 @@ def _generate(model, prompts: list[list[int]], names: list[str] | None, gen_len:
 
 
 def run(
-    assets: Assets, variant: str, prompts: list[list[int]], gen_len: int
+    assets: Assets, variant: str, prompts: list[list[int]], gen_len: int, device: str = "cpu"
 ) -> RunResult:
     """Measure generated tokens / wall second (prefill included) for one variant."""
     k = adapters_in(variant, assets.spec.num_adapters)
@@ -62,19 +71,21 @@ def run(
         engine="peft", variant=variant, num_adapters=k, num_requests=len(prompts),
         prompt_len=len(prompts[0]), gen_len=gen_len,
     )
-    model = load_model(assets, k)
+    model = load_model(assets, k, device)
     names = None
     if k > 0:
         names = [assets.adapter_name(i) for i in round_robin(len(prompts), k)]
     # Tiny warm-up (first rows, 2 tokens): one-time allocator/dispatch costs stay out of timing.
     n_warm = min(SAMPLE_REQUESTS, len(prompts))
-    _generate(model, prompts[:n_warm], names[:n_warm] if names else None, WARMUP_TOKENS)
+    _generate(model, prompts[:n_warm], names[:n_warm] if names else None, WARMUP_TOKENS, device)
 
+    sync(device)  # CUDA: the warm-up's kernels are done before the clock starts
     start = time.perf_counter()
-    gen = _generate(model, prompts, names, gen_len)
+    gen = _generate(model, prompts, names, gen_len, device)
+    sync(device)  # ... and the timed generate's are done before it stops
     res.seconds = time.perf_counter() - start
     res.generated_tokens = int(gen.numel())
     res.sample_tokens = gen[:SAMPLE_REQUESTS].tolist()
-    del model
-    free_memory()
+    del model, gen
+    free_memory(device)
     return res

@@ -12,6 +12,11 @@ from benchmarks.common import RunResult
 
 README = Path(__file__).with_name("README.md")
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+# One results section per device kind, so CPU and GPU figures never overwrite each other.
+MARKERS = {
+    "cpu": (START, END),
+    "cuda": ("<!-- results-cuda:start -->", "<!-- results-cuda:end -->"),
+}
 
 # Reference figures from the issue, measured on a 2-core CI-class machine (tok/s): series ->
 # variant -> tok/s (HF: transformers alone on W-base, PEFT mixed-adapter batch on W).
@@ -24,8 +29,8 @@ TARGET_TOK_S = {"W-base": 835.0, "W": 580.0}
 TARGET_VS_BASE = {"W-8": 0.90, "W": 0.75}
 
 
-def machine_info() -> dict:
-    """CPU model, core count and library versions, for the results header."""
+def machine_info(device: str = "cpu") -> dict:
+    """Device, CPU model, core count, GPU name (CUDA) and library versions, for the header."""
     import peft
     import torch
     import transformers
@@ -38,7 +43,10 @@ def machine_info() -> dict:
                 break
     except OSError:
         pass
-    return {
+    info = {
+        "device": device,
+        "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
+        "cuda": torch.version.cuda if device == "cuda" else None,
         "cpu": cpu,
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -47,6 +55,14 @@ def machine_info() -> dict:
         "transformers": transformers.__version__,
         "peft": peft.__version__,
     }
+    return info
+
+
+def device_label(m: dict) -> str:
+    """'CPU, N cores, T threads' or 'CUDA: <GPU name>' — says which kind of run a figure is."""
+    if m.get("device") == "cuda":
+        return f"CUDA: {m['gpu']}"
+    return f"CPU, {m['cores']} cores, {m['torch_threads']} torch threads"
 
 
 def _ratio(num: float, den: float) -> float | None:
@@ -182,15 +198,25 @@ def plot(path: Path, results: list[RunResult], title: str, with_reference: bool)
 
 
 def update_readme(results: list[RunResult], meta: dict, readme: Path = README) -> None:
-    """Replace the text between the results markers with the new table and machine info."""
+    """Replace the text between the device's results markers with the new table and machine
+    info (CPU runs: results:start/end; CUDA runs: results-cuda:start/end)."""
     m = meta["machine"]
+    device = m.get("device", "cpu")
+    start, end = MARKERS[device]
     agree = agreement(results)
+    if device == "cuda":
+        where = (f"**Device: CUDA — {m['gpu']}** (CUDA {m['cuda']}; host {m['cpu']}, "
+                 f"{m['cores']} cores)")
+    else:
+        where = (f"**Device: CPU — {m['cpu']}** ({m['cores']} cores, torch threads "
+                 f"{m['torch_threads']})")
+    sched = "mixed" if meta.get("mixed_prefill_decode") else "alternated"
     body = [
-        START,
+        start,
         f"Measured {meta['date']} with `{meta['command']}`",
-        f"on {m['cpu']} ({m['cores']} cores, torch threads {m['torch_threads']}), "
-        f"Python {m['python']}, torch {m['torch']}, transformers {m['transformers']}, "
-        f"peft {m['peft']}.",
+        f"on {where}, Python {m['python']}, torch {m['torch']}, "
+        f"transformers {m['transformers']}, peft {m['peft']}; deltaserve scheduling: {sched} "
+        "prefill/decode.",
         "",
         markdown_table(results),
     ]
@@ -199,9 +225,9 @@ def update_readme(results: list[RunResult], meta: dict, readme: Path = README) -
                  "batching may differ): " + "; ".join(
                      f"{v}: {a['identical']}/{a['requests']} identical, common prefix "
                      f"{a['common_prefix']}" for v, a in agree.items())]
-    body.append(END)
+    body.append(end)
     text = readme.read_text()
-    pattern = re.compile(re.escape(START) + r".*?" + re.escape(END), re.S)
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
     if not pattern.search(text):
-        raise ValueError(f"{readme} has no {START} ... {END} markers")
+        raise ValueError(f"{readme} has no {start} ... {end} markers")
     readme.write_text(pattern.sub(lambda _: "\n".join(body), text, count=1))

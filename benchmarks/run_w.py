@@ -2,16 +2,18 @@
 
     python -m benchmarks.run_w [--out DIR] [--variants W-base,W-8,W] [--engines deltaserve,peft]
         [--num-requests 64] [--prompt-len 64] [--gen-len 64] [--num-adapters 32] [--small]
-        [--update-readme]
+        [--device auto|cpu|cuda] [--threads N] [--mixed-prefill-decode] [--update-readme]
 
 Prints tokens/s per (engine, variant) and the ratios, writes results.json and
-throughput.png under --out, and with --update-readme rewrites the table in benchmarks/README.md.
+throughput.png under --out, and with --update-readme rewrites the table of the run's device
+(CPU or CUDA) in benchmarks/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import shlex
 import sys
 import time
@@ -58,8 +60,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--small", action="store_true",
                    help="smoke-size model (hidden 64, 2 layers) and workload (8 requests, "
                         "16+8 tokens, 4 adapters) for quick checks")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where both engines run (default auto: cuda if available, else cpu)")
+    p.add_argument("--threads", type=int,
+                   help="torch.set_num_threads(N) before running (default: torch's default)")
+    p.add_argument("--mixed-prefill-decode", action="store_true",
+                   help="deltaserve: prefills share steps with decodes "
+                        "(EngineConfig.mixed_prefill_decode) instead of getting their own step")
     p.add_argument("--update-readme", action="store_true",
-                   help="rewrite the results table in benchmarks/README.md")
+                   help="rewrite the results table of this device (CPU or CUDA) in "
+                        "benchmarks/README.md")
     args = p.parse_args(argv)
     defaults = SMALL_DEFAULTS if args.small else FULL_DEFAULTS
     for key, val in defaults.items():
@@ -72,6 +82,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--num-adapters must be >= 0")
     if args.prompt_len + args.gen_len > workload.MAX_POSITIONS:
         p.error(f"prompt + generated tokens must fit in {workload.MAX_POSITIONS} positions")
+    if args.threads is not None and args.threads < 1:
+        p.error("--threads must be at least 1")
+    import torch
+
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: CUDA is not available")
     return args
 
 
@@ -81,8 +99,16 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     raw_argv = sys.argv[1:] if argv is None else argv
     command = " ".join(["python -m benchmarks.run_w", *map(shlex.quote, raw_argv)])
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    machine = report.machine_info(args.device)
+    print(f"device: {report.device_label(machine)}"
+          + (", mixed prefill/decode (deltaserve)" if args.mixed_prefill_decode else ""),
+          flush=True)
 
     base_spec = workload.SMALL_SPEC if args.small else workload.W_SPEC
     spec = dataclasses.replace(base_spec, num_adapters=args.num_adapters)
@@ -91,7 +117,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from benchmarks import deltaserve_engine, peft_baseline
 
-    runners = {"deltaserve": deltaserve_engine.run, "peft": peft_baseline.run}
+    runners = {
+        "deltaserve": functools.partial(
+            deltaserve_engine.run, device=args.device,
+            mixed_prefill_decode=args.mixed_prefill_decode,
+        ),
+        "peft": functools.partial(peft_baseline.run, device=args.device),
+    }
     results: list[RunResult] = []
     for engine in args.engines:
         for variant in args.variants:
@@ -117,7 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     meta = {
         "date": time.strftime("%Y-%m-%d"),
         "command": command,
-        "machine": report.machine_info(),
+        "device": args.device,
+        "threads": machine["torch_threads"],
+        "threads_requested": args.threads,  # None: torch's default
+        "mixed_prefill_decode": args.mixed_prefill_decode,
+        "machine": machine,
         "workload": dataclasses.asdict(spec) | {
             "num_requests": args.num_requests, "prompt_len": args.prompt_len,
             "gen_len": args.gen_len,
@@ -125,8 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     report.write_json(out / "results.json", results, meta)
     title = (f"workload {'W (small)' if args.small else 'W'}: {args.num_requests} requests, "
-             f"{args.prompt_len}+{args.gen_len} tokens, {meta['machine']['cores']} cores")
-    report.plot(out / "throughput.png", results, title, with_reference=not args.small)
+             f"{args.prompt_len}+{args.gen_len} tokens, {report.device_label(machine)}"
+             + (", mixed prefill/decode" if args.mixed_prefill_decode else ""))
+    # The reference figures and targets are 2-core CPU numbers: drawn on CPU runs only.
+    report.plot(out / "throughput.png", results, title,
+                with_reference=not args.small and args.device == "cpu")
     print(f"\nwrote {out / 'results.json'} and {out / 'throughput.png'}")
     if args.update_readme:
         report.update_readme(results, meta)

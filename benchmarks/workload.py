@@ -215,6 +215,12 @@ def build(out: str | Path, spec: ModelSpec = W_SPEC) -> Assets:
         bar.update()
         bar.set_postfix_str("base model")
         model = build_base(assets.base_dir, spec)
+        # A served model directory carries its tokenizer.
+        from transformers import PreTrainedTokenizerFast
+
+        PreTrainedTokenizerFast.from_pretrained(str(assets.tokenizer_dir)).save_pretrained(
+            str(assets.base_dir)
+        )
         bar.update()
         bar.set_postfix_str("adapters")
         build_adapters(root, model, spec)

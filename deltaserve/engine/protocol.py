@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from collections.abc import Callable
 from typing import Any, Protocol
 
 from deltaserve.engine.adapters.base import AdapterRequest

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from deltaserve.engine.kv_cache import BlockAllocator
-from deltaserve.engine.request import Sequence, SeqStatus
+from deltaserve.engine.request import SeqStatus, Sequence
 
 
 @dataclass

@@ -86,7 +86,7 @@ def _copy_into(param: torch.Tensor, tensor: torch.Tensor, pname: str, shard, mod
 
 def _check_complete(params: dict, loaded: dict) -> None:
     missing = []
-    for name, p in params.items():
+    for name in params:
         got = loaded.get(name)
         if got is None:
             missing.append(name)
