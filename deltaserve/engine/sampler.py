@@ -58,7 +58,9 @@ def uniform_noise(seeds: torch.Tensor, steps: torch.Tensor, token_ids: torch.Ten
 def sample(logits: torch.Tensor, t: SamplingTensors) -> SamplerOutput:
     """logits: [B, V] float32 (already masked for banned tokens by the caller or here)."""
     if t.banned_rows.numel():
-        logits = logits.index_put((t.banned_rows, t.banned_tokens), torch.tensor(float("-inf")))
+        logits = logits.index_put(
+            (t.banned_rows, t.banned_tokens), torch.full((), float("-inf"), device=logits.device)
+        )
     greedy_ids = logits.argmax(dim=-1)
     if t.all_greedy:
         token_ids = greedy_ids

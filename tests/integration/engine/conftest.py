@@ -37,7 +37,8 @@ def llama_loras(llama_dir, tmp_path_factory):
 
 
 def engine_for(model_dir: str, **kw) -> LLMEngine:
-    cfg = dict(model=model_dir, dtype="float32", kv_cache_memory_bytes=16 << 20, max_loras=8)
+    cfg = dict(model=model_dir, dtype="float32", device="cpu", kv_cache_memory_bytes=16 << 20,
+               max_loras=8)
     cfg.update(kw)
     return LLMEngine(EngineConfig(**cfg))
 

@@ -139,7 +139,7 @@ def test_async_engine_streams_and_cancel_frees(llama_dir, llama_loras):
     model_dir, _ = llama_dir
 
     async def main():
-        eng = AsyncLLMEngine(EngineConfig(model=model_dir, dtype="float32",
+        eng = AsyncLLMEngine(EngineConfig(model=model_dir, dtype="float32", device="cpu",
                                           kv_cache_memory_bytes=16 << 20))
         await eng.start()
         try:
