@@ -76,8 +76,8 @@ def run(
     if k > 0:
         names = [assets.adapter_name(i) for i in round_robin(len(prompts), k)]
     # Tiny warm-up (first rows, 2 tokens): one-time allocator/dispatch costs stay out of timing.
-    n_warm = min(SAMPLE_REQUESTS, len(prompts))
-    _generate(model, prompts[:n_warm], names[:n_warm] if names else None, WARMUP_TOKENS, device)
+    # Same warm-up as the deltaserve runner: the timed batch, a few tokens.
+    _generate(model, prompts, names, WARMUP_TOKENS, device)
 
     sync(device)  # CUDA: the warm-up's kernels are done before the clock starts
     start = time.perf_counter()
