@@ -61,7 +61,7 @@ def base_config() -> LlamaConfig:
         max_position_embeddings=512,
         rms_norm_eps=1e-5,
         rope_theta=10000.0,
-        tie_word_embeddings=False,
+        tie_word_embeddings=True,
         bos_token_id=BOS_ID,
         eos_token_id=EOS_ID,
         pad_token_id=PAD_ID,

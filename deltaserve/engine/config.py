@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -155,7 +155,6 @@ class EngineConfig:
     """Seed for requests that do not carry one."""
     num_threads: int | None = None
     """torch intra-op threads on CPU (None: torch's default)."""
-    extra: dict = field(default_factory=dict)
 
     def torch_dtype(self, model_cfg: ModelConfig, device: torch.device) -> torch.dtype:
         if self.dtype != "auto":

@@ -18,7 +18,7 @@ from deltaserve.engine.model_runner import ModelRunner
 from deltaserve.engine.models.loader import load_model
 from deltaserve.engine.outputs import CompletionOutput, RequestOutput, TokenLogprob
 from deltaserve.engine.protocol import EngineStats
-from deltaserve.engine.request import Request, Sequence
+from deltaserve.engine.request import Request, SeqStatus, Sequence
 from deltaserve.engine.sampler import SamplerOutput
 from deltaserve.engine.sampling_params import SamplingParams
 from deltaserve.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
@@ -260,7 +260,7 @@ class LLMEngine:
         if not isinstance(stop_reason, str):  # a stop string already cut the text
             flush_text(self.tokenizer, seq)
         seq.finish_reason, seq.stop_reason = reason, stop_reason
-        seq.status = seq.status.FINISHED
+        seq.status = SeqStatus.FINISHED
 
     def _output(self, req: Request) -> RequestOutput:
         outs = [

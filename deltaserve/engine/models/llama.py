@@ -92,9 +92,7 @@ class LlamaForCausalLM(torch.nn.Module):
         super().__init__()
         self.cfg = cfg
         self.model = LlamaModel(cfg, max_positions, device)
-        if cfg.tie_word_embeddings:
-            self.lm_head_weight = None
-        else:
+        if not cfg.tie_word_embeddings:  # tied: the embedding matrix is the output projection
             self.lm_head = torch.nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
             self.lm_head.weight.requires_grad_(False)
 
