@@ -143,20 +143,34 @@ class ModelRunner:
         return AdapterBatch(lora_stack=self._stack, lora_rows=rows)
 
     def _stack_for(self, keys: list[str], protected: set[str]) -> list[str]:
-        """Reuse the stacked weights while the step's adapters are a subset of them (decode
-        steps of a steady batch); restack when a new adapter joins or most have left."""
+        """Stacked weights covering `keys`, reused across steps.
+
+        While the step's adapters are a subset of the stack (decode steps of a steady batch)
+        it is reused as is; adapters that join are appended (copying the stack once, not
+        restacking every adapter); it is rebuilt when most of its adapters have left.
+        """
         cached = set(self._stack_keys)
-        if self._stack is not None and set(keys) <= cached and len(cached) <= 2 * len(keys):
-            return self._stack_keys
+        wanted = set(keys)
+        if self._stack is not None and len(cached | wanted) <= 2 * len(wanted):
+            if wanted <= cached:
+                return self._stack_keys
+            new = sorted(wanted - cached)
+            grown = self._stack.extended(self._build_stack(new, protected))
+            if grown is not None:
+                self._stack, self._stack_keys = grown, self._stack_keys + new
+                return self._stack_keys
         order = sorted(keys)
-        adapters = self.pool.on_device(order, protected)
         self._stack = None  # free the old stack before building the new one
-        self._stack = LoRAStack(
+        self._stack = self._build_stack(order, protected)
+        self._stack_keys = order
+        return order
+
+    def _build_stack(self, keys: list[str], protected: set[str]) -> LoRAStack:
+        adapters = self.pool.on_device(keys, protected | set(self._stack_keys))
+        return LoRAStack(
             [a.tensors for a in adapters], self.model.out_sizes(), self.cfg.num_hidden_layers,
             self.device, self.dtype,
         )
-        self._stack_keys = order
-        return order
 
     def invalidate_adapters(self) -> None:
         self._stack, self._stack_keys = None, []

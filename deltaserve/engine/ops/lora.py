@@ -67,12 +67,53 @@ class LoRAStack:
                 if gw is not None:
                     self.groups[(layer, group)] = gw
 
+    def extended(self, other: LoRAStack) -> LoRAStack | None:
+        """This stack with `other`'s adapters appended (one copy per group, no per-adapter
+        work for the adapters already stacked), or None when their layouts differ (a module
+        targeted by only one side), in which case the caller rebuilds."""
+        if self.groups.keys() != other.groups.keys():
+            return None
+        merged: dict[tuple[int, str], _GroupWeights] = {}
+        for key, mine in self.groups.items():
+            theirs = other.groups[key]
+            if [s.module for s in mine.subs] != [s.module for s in theirs.subs]:
+                return None
+            merged[key] = _concat_groups(mine, theirs)
+        out = LoRAStack.__new__(LoRAStack)
+        out.num_adapters = self.num_adapters + other.num_adapters
+        out.groups = merged
+        return out
+
     @property
     def nbytes(self) -> int:
         total = 0
         for gw in self.groups.values():
             total += gw.a.nbytes + sum(s.b.nbytes for s in gw.subs)
         return total
+
+
+def _concat_groups(a: _GroupWeights, b: _GroupWeights) -> _GroupWeights:
+    """Stack two groups' adapters, zero-padding both to the larger rank."""
+    rank = max(a.rank, b.rank)
+    n_sub = len(a.subs)
+
+    def pad_a(g: _GroupWeights) -> torch.Tensor:  # [n, S*r, d_in] -> [n, S*rank, d_in]
+        if g.rank == rank:
+            return g.a
+        n, _, d_in = g.a.shape
+        out = g.a.new_zeros(n, n_sub, rank, d_in)
+        out[:, :, : g.rank] = g.a.view(n, n_sub, g.rank, d_in)
+        return out.view(n, n_sub * rank, d_in)
+
+    def pad_b(t: torch.Tensor, r: int) -> torch.Tensor:  # [n, r, d_out] -> [n, rank, d_out]
+        return t if r == rank else torch.nn.functional.pad(t, (0, 0, 0, rank - r))
+
+    subs = [
+        _SubWeights(sa.module, i * rank, sa.out_offset,
+                    torch.cat([pad_b(sa.b, a.rank), pad_b(sb.b, b.rank)]))
+        for i, (sa, sb) in enumerate(zip(a.subs, b.subs, strict=True))
+    ]
+    return _GroupWeights(torch.cat([pad_a(a), pad_a(b)]), rank, subs, a.covers_all)
 
 
 def _stack_group(adapters, layer, modules, out_sizes, device, dtype) -> _GroupWeights | None:

@@ -182,3 +182,35 @@ def test_stack_nbytes_and_groups():
     assert set(stack.groups) == targeted, "a group is stacked iff some adapter targets it"
     fp32 = LoRAStack(adapters, OUT, LAYERS, CPU, torch.float32)
     assert fp32.nbytes == 2 * stack.nbytes
+
+
+def _full_targets(rng: random.Random, rank: int) -> LoRATensors:
+    return _adapter(rng, rank, [(layer, m) for layer in range(LAYERS) for m in MODULES])
+
+
+def test_extended_stack_equals_a_stack_built_at_once():
+    """Appending adapters (with a larger rank) gives the same math as stacking all together."""
+    rng = random.Random(5)
+    first = [_full_targets(rng, r) for r in (2, 4)]
+    later = [_full_targets(rng, r) for r in (8, 1)]
+    grown = LoRAStack(first, OUT, LAYERS, CPU, torch.float32).extended(
+        LoRAStack(later, OUT, LAYERS, CPU, torch.float32))
+    assert grown is not None and grown.num_adapters == 4
+    row_slots = _uneven_rows(9, [3, 1, 2, 4], base_rows=2)
+    rows = LoRARows.build(row_slots, 4, CPU, torch.float32)
+    for layer in range(LAYERS):
+        for group in GROUPS:
+            modules, x, y = _group_inputs(group, len(row_slots), torch.float32, seed=layer)
+            want = y.clone()
+            lora_reference(x, want, [(first + later)[s] if s >= 0 else None for s in row_slots],
+                           layer, modules, OUT)
+            lora_grouped(x, y, grown.groups[(layer, group)], rows)
+            torch.testing.assert_close(y, want, atol=1e-5, rtol=1e-5)
+
+
+def test_extended_refuses_different_layouts():
+    rng = random.Random(6)
+    only_q = [_adapter(rng, 4, [(0, "q_proj")])]
+    full = [_full_targets(rng, 4)]
+    a = LoRAStack(only_q, OUT, LAYERS, CPU, torch.float32)
+    assert a.extended(LoRAStack(full, OUT, LAYERS, CPU, torch.float32)) is None
