@@ -65,7 +65,7 @@ class ModelRunner:
         for item in sched.scheduled:
             seq, n = item.seq, item.num_new_tokens
             start = seq.num_computed_tokens
-            toks = seq.token_ids()[start : start + n]
+            toks = seq.token_slice(start, start + n)
             base = len(ids)
             ids.extend(toks)
             p = list(range(start, start + n))

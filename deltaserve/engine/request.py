@@ -61,6 +61,13 @@ class Sequence:
     def token_ids(self) -> list[int]:
         return self.request.prompt_token_ids + self.output_token_ids
 
+    def token_slice(self, start: int, end: int) -> list[int]:
+        """token_ids()[start:end] without building the whole list (decode reads one token)."""
+        n_prompt = len(self.request.prompt_token_ids)
+        if start >= n_prompt:
+            return self.output_token_ids[start - n_prompt : end - n_prompt]
+        return self.token_ids()[start:end]
+
 
 @dataclass
 class Request:
