@@ -65,6 +65,9 @@ class AsyncLLMEngine:
             self._thread = None
         self._loaders.shutdown(wait=False)
 
+    def drop_adapter(self, key: str) -> None:
+        self.engine.pool.drop(key)
+
     def set_adapter_load_observer(self, observer) -> None:
         self.engine.pool.on_load = observer
 

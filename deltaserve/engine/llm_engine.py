@@ -308,6 +308,7 @@ class LLMEngine:
             last_batch_adapters=self.last_batch_adapters,
             steps_total=self.steps_total,
             adapters_resident={"device": ps.device_resident, "host": ps.host_resident},
+            adapters_resident_bytes={"device": ps.device_bytes, "host": ps.host_bytes},
             adapter_cache_hits={"device": ps.device_hits, "host": ps.host_hits},
             adapter_cache_misses={"device": ps.device_misses, "host": ps.host_misses},
         )

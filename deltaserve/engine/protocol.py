@@ -31,6 +31,8 @@ class EngineStats:
     steps_total: int = 0
     adapters_resident: dict[str, int] = field(default_factory=dict)
     """Adapters resident per tier ('device', 'host')."""
+    adapters_resident_bytes: dict[str, int] = field(default_factory=dict)
+    """Bytes of resident adapters per tier ('device', 'host')."""
     adapter_cache_hits: dict[str, int] = field(default_factory=dict)
     """Cumulative lookups served by each tier ('device', 'host')."""
     adapter_cache_misses: dict[str, int] = field(default_factory=dict)
@@ -63,6 +65,10 @@ class EngineClient(Protocol):
 
     async def abort(self, request_id: str) -> None:
         """Abort a request; a no-op for unknown or finished ids."""
+        ...
+
+    def drop_adapter(self, key: str) -> None:
+        """Forget an adapter's weights (by AdapterRequest.key) once no request holds it."""
         ...
 
     def set_adapter_load_observer(self, observer: Callable[[str, float], None]) -> None:

@@ -1,8 +1,9 @@
 """Which adapters exist and where their weights are: the server's view of the adapter registry.
 
-`AdapterResolver` is the small interface the routes use; `DirectoryAdapterResolver` is the plain
-implementation over `--adapter-dir` (one subdirectory per adapter). The full tenant-scoped,
-tiered adapter store replaces it behind the same interface.
+`AdapterResolver` is the small interface the routes use. `StoreResolver` (what the app uses)
+puts the tenant-scoped, tiered adapter store behind it and adds `acquire`: a lease that pins
+one adapter version for a request's whole life. `DirectoryAdapterResolver` is the plain,
+lease-less implementation over one directory (kept for tools and tests).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from deltaserve.adapter_store import errors as store_errors
+from deltaserve.adapter_store.store import AdapterStore
 from deltaserve.engine.adapters.base import AdapterRequest
 
 logger = logging.getLogger(__name__)
@@ -54,6 +57,59 @@ class AdapterResolver(Protocol):
     def resolve(self, name: str, tenant: str | None = None) -> AdapterRequest:
         """The adapter called `name`; raises AdapterNotFoundError if there is none."""
         ...
+
+
+class AdapterLease(Protocol):
+    """A request's hold on one adapter version (release exactly once, in `finally`)."""
+
+    @property
+    def adapter(self) -> AdapterRequest: ...
+
+    def release(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class StaticLease:
+    """A lease over a resolver without reference counts (nothing to release)."""
+
+    adapter: AdapterRequest
+
+    def release(self) -> None:
+        return None
+
+
+async def acquire_adapter(resolver: AdapterResolver, name: str, tenant: str) -> AdapterLease:
+    """A lease on `name` from any resolver; raises AdapterNotFoundError."""
+    acquire = getattr(resolver, "acquire", None)
+    if acquire is None:
+        return StaticLease(resolver.resolve(name, tenant=tenant))
+    return await acquire(name, tenant)
+
+
+class StoreResolver:
+    """The adapter store behind the AdapterResolver interface, plus leases."""
+
+    def __init__(self, store: AdapterStore, default_tenant: str):
+        self.store = store
+        self.default_tenant = default_tenant
+
+    def list(self, tenant: str | None = None) -> list[AdapterInfo]:
+        return [
+            AdapterInfo(name=m.name, kind=m.kind, created=int(m.created))
+            for m in self.store.list(tenant or self.default_tenant)
+        ]
+
+    def resolve(self, name: str, tenant: str | None = None) -> AdapterRequest:
+        version = self.store.registry.visible(name, tenant or self.default_tenant)
+        if version is None:
+            raise AdapterNotFoundError(name)
+        return version.adapter
+
+    async def acquire(self, name: str, tenant: str | None = None) -> AdapterLease:
+        try:
+            return await self.store.acquire(name, tenant or self.default_tenant)
+        except store_errors.AdapterNotFoundError:
+            raise AdapterNotFoundError(name) from None
 
 
 def is_valid_adapter_name(name: str) -> bool:

@@ -11,20 +11,24 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from deltaserve.engine.protocol import EngineClient
-from deltaserve.server.adapters import AdapterResolver, DirectoryAdapterResolver
-from deltaserve.server.auth import ApiKeyAuth
+from deltaserve.server.adapters import AdapterResolver, DirectoryAdapterResolver, StoreResolver
+from deltaserve.server.auth import DEFAULT_TENANT, ApiKeyAuth
 from deltaserve.server.engine_factory import build_engine
 from deltaserve.server.errors import install_error_handlers
 from deltaserve.server.middleware import BodySizeLimitMiddleware
-from deltaserve.server.routes import health, openai_api
+from deltaserve.server.routes import admin, health, openai_api
 from deltaserve.server.settings import Settings
 from deltaserve.server.state import ServerState
+from deltaserve.server.store_factory import build_store
 
 logger = logging.getLogger(__name__)
 
 DRAIN_POLL_S = 0.05
 CUT_GRACE_S = 3.0
 """After the drain deadline aborts requests, how long their responses get to finish."""
+"""A dropped adapter still pinned by a finishing engine request is dropped again this late."""
+UPLOAD_OVERHEAD_BYTES = 1 << 20
+"""Multipart framing allowed on top of --max-adapter-bytes."""
 
 
 def create_app(
@@ -35,21 +39,32 @@ def create_app(
     """A ready-to-serve app. Without `engine`, the lifespan builds one from `settings`."""
     state = ServerState(
         settings=settings,
-        resolver=resolver or DirectoryAdapterResolver(settings.adapter_dir),
+        resolver=resolver or DirectoryAdapterResolver(None),
         auth=ApiKeyAuth.from_file(settings.api_keys),
         engine=engine,
     )
-    if settings.redis_url:
-        logger.warning(
-            "--redis-url is accepted but the shared Redis adapter cache is not built yet"
-        )
+    if resolver is None:
+        state.store = build_store(settings, state.metrics, lambda key: _drop_adapter(state, key))
+        state.resolver = StoreResolver(state.store, DEFAULT_TENANT)
     app = FastAPI(title="deltaserve", version="0.1.0", lifespan=_lifespan)
     app.state.server = state
     install_error_handlers(app)
     app.include_router(openai_api.router)
+    app.include_router(admin.router)
     app.include_router(health.router)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    upload_limit = max(settings.max_body_bytes, settings.max_adapter_bytes + UPLOAD_OVERHEAD_BYTES)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        streamed={"/v1/adapters": upload_limit},
+    )
     return app
+
+
+def _drop_adapter(state: ServerState, key: str) -> None:
+    """Tell the engine to forget a retired adapter (at once, or when its last request ends)."""
+    if state.engine is not None:
+        state.engine.drop_adapter(key)
 
 
 def start_draining(app: FastAPI) -> None:
@@ -93,6 +108,8 @@ async def wait_for_in_flight(state: ServerState, timeout_s: float) -> bool:
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: ServerState = app.state.server
     state.loop = asyncio.get_running_loop()
+    if state.store is not None:
+        await state.store.start(state.settings.adapter_dir)
     if state.engine is None:
         state.engine = build_engine(state.settings)
     if hasattr(state.engine, "set_adapter_load_observer"):
@@ -109,3 +126,5 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await wait_for_in_flight(state, CUT_GRACE_S)  # let cut requests tell their clients
         await state.engine.shutdown()
         logger.info("engine stopped")
+        if state.store is not None:
+            await state.store.close()

@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from deltaserve.adapter_store.errors import StoreError
 from deltaserve.engine.adapters.base import AdapterError
 from deltaserve.engine.protocol import QueueFullError
 from deltaserve.server.protocol import UNION_FIELD_SHAPES
@@ -87,6 +88,13 @@ class ModelNotFoundError(NotFoundError):
         )
 
 
+class ConflictError(APIError):
+    """409: the resource exists (e.g. an adapter name, without `replace`)."""
+
+    status_code = 409
+    default_code = "conflict"
+
+
 class PayloadTooLargeError(APIError):
     """413: the request body exceeds --max-body-bytes."""
 
@@ -135,10 +143,29 @@ def error_response(exc: APIError) -> JSONResponse:
     return JSONResponse(exc.to_dict(), status_code=exc.status_code)
 
 
+_STORE_STATUS: dict[int, type[APIError]] = {
+    400: BadRequestError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: ConflictError,
+    413: PayloadTooLargeError,
+    422: UnprocessableError,
+    503: ServiceUnavailableError,
+}
+
+
+def store_error(exc: StoreError) -> APIError:
+    """The API error for an adapter-store error (which carries its own status and code)."""
+    cls = _STORE_STATUS.get(exc.status, BadRequestError)
+    return cls(exc.message, param=exc.param, code=exc.code)
+
+
 def translate_engine_error(exc: BaseException) -> APIError | None:
     """Map an exception the engine raises for a request to the API error it means, if any."""
     if isinstance(exc, APIError):
         return exc
+    if isinstance(exc, StoreError):
+        return store_error(exc)
     if isinstance(exc, QueueFullError):
         return TooManyRequestsError(str(exc) or "The server's request queue is full; retry later.")
     if isinstance(exc, AdapterError):
@@ -209,6 +236,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(QueueFullError, on_engine_error)
     app.add_exception_handler(AdapterError, on_engine_error)
+    app.add_exception_handler(StoreError, on_engine_error)
     app.add_exception_handler(Exception, on_unexpected)
 
 

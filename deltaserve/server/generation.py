@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from deltaserve.engine.adapters.base import AdapterRequest
 from deltaserve.engine.outputs import RequestOutput
 from deltaserve.engine.sampling_params import SamplingParams
+from deltaserve.server.adapters import AdapterLease
 from deltaserve.server.errors import (
     ClientClosedRequestError,
     ServiceUnavailableError,
@@ -93,14 +94,17 @@ class GenerationRun:
         prompts: list[PromptInput],
         params: list[SamplingParams],
         adapter: AdapterRequest | None,
+        lease: AdapterLease | None = None,
     ):
+        """`lease` (if any) pins `adapter`'s version; it is released when the run closes."""
         assert state.engine is not None
         self.state = state
         self.engine = state.engine
         self.request_id = request_id
         self.prompts = prompts
         self.params = params
-        self.adapter = adapter
+        self.adapter = lease.adapter if lease is not None else adapter
+        self.lease = lease
         self.engine_ids = [f"{request_id}-{i}" for i in range(len(prompts))]
         self.last: list[RequestOutput | None] = [None] * len(prompts)
         self._arrival = time.monotonic()
@@ -199,6 +203,8 @@ class GenerationRun:
                 await self._stream.aclose()  # type: ignore[attr-defined]
         finally:
             self.state.runs.discard(self)
+            if self.lease is not None:
+                self.lease.release()
 
     async def first(self) -> tuple[int, RequestOutput]:
         """Wait for the first output (admission errors surface here, before any response)."""

@@ -72,12 +72,7 @@ class _EngineCollector(Collector):
             s.last_batch_adapters,
         )
         yield _lora_info(s)
-        resident = GaugeMetricFamily(
-            "deltaserve_adapters_resident", "Adapters resident per cache tier.", labels=["tier"]
-        )
-        for tier in TIERS:
-            resident.add_metric([tier], float(s.adapters_resident.get(tier, 0)))
-        yield resident
+        yield from self._extra.resident_families(s)
         yield _counter(
             "deltaserve_num_preemptions",
             "Sequences preempted by the scheduler.",
@@ -152,7 +147,12 @@ class ServerMetrics:
         self._lock = threading.Lock()
         self._hits = dict.fromkeys(TIERS, 0)
         self._misses = dict.fromkeys(TIERS, 0)
+        self._store_stats: Callable[[], dict[str, tuple[int, int]]] | None = None
         r.register(_EngineCollector(stats, self))
+
+    def set_store_stats(self, stats: Callable[[], dict[str, tuple[int, int]]]) -> None:
+        """The adapter store's (count, bytes) per tier it owns (redis, origin)."""
+        self._store_stats = stats
 
     def record_request(
         self,
@@ -185,6 +185,25 @@ class ServerMetrics:
     def observe_adapter_load(self, tier: str, seconds: float) -> None:
         """An adapter was loaded into `tier`."""
         self.adapter_load.labels(tier).observe(seconds)
+
+    def resident_families(self, stats: EngineStats) -> Iterator[Metric]:
+        """Adapters and bytes resident per tier: device/host from the engine, the rest from the store."""
+        store = self._store_stats() if self._store_stats is not None else {}
+        engine_bytes: dict[str, int] = getattr(stats, "adapters_resident_bytes", None) or {}
+        count = GaugeMetricFamily(
+            "deltaserve_adapters_resident", "Adapters resident per cache tier.", labels=["tier"]
+        )
+        nbytes = GaugeMetricFamily(
+            "deltaserve_adapters_resident_bytes",
+            "Bytes of adapters resident per cache tier.",
+            labels=["tier"],
+        )
+        for tier in TIERS:
+            c, b = store.get(tier, (stats.adapters_resident.get(tier, 0), engine_bytes.get(tier, 0)))
+            count.add_metric([tier], float(c))
+            nbytes.add_metric([tier], float(b))
+        yield count
+        yield nbytes
 
     def adapter_cache_families(self, stats: EngineStats) -> Iterator[Metric]:
         """Hit/miss counters per tier: server-side records plus the engine's, when it has them."""

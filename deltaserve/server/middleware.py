@@ -16,20 +16,27 @@ class BodySizeLimitMiddleware:
     """Reads the whole body up to `max_bytes`, then replays it to the app; larger bodies get 413.
 
     Both a declared Content-Length and the bytes actually received count, so chunked uploads
-    cannot slip past the limit.
+    cannot slip past the limit. Paths in `streamed` (adapter uploads) have their own, larger
+    limit and are not buffered here: their body streams to the app (which spools multipart
+    files to disk) through a counting `receive` that raises PayloadTooLargeError past it.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
+    def __init__(self, app: ASGIApp, max_bytes: int, streamed: dict[str, int] | None = None):
         self.app = app
         self.max_bytes = max_bytes
+        self.streamed = streamed or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
             await self.app(scope, receive, send)
             return
+        limit = self.streamed.get(scope.get("path", ""))
         declared = _content_length(scope)
-        if declared is not None and declared > self.max_bytes:
-            await self._reject(send, declared)
+        if declared is not None and declared > (limit or self.max_bytes):
+            await self._reject(send, declared, limit or self.max_bytes)
+            return
+        if limit is not None:
+            await self.app(scope, _counting(receive, limit), send)
             return
         chunks: list[bytes] = []
         size = 0
@@ -39,7 +46,7 @@ class BodySizeLimitMiddleware:
                 return  # the client is gone; nothing to answer
             size += len(message.get("body", b""))
             if size > self.max_bytes:
-                await self._reject(send, size)
+                await self._reject(send, size, self.max_bytes)
                 return
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
@@ -56,13 +63,9 @@ class BodySizeLimitMiddleware:
 
         await self.app(scope, replay, send)
 
-    async def _reject(self, send: Send, size: int) -> None:
-        logger.info(
-            "rejecting a request body of at least %d bytes (limit %d)", size, self.max_bytes
-        )
-        error = PayloadTooLargeError(
-            f"The request body is larger than this server's limit of {self.max_bytes} bytes."
-        )
+    async def _reject(self, send: Send, size: int, limit: int) -> None:
+        logger.info("rejecting a request body of at least %d bytes (limit %d)", size, limit)
+        error = _too_large(limit)
         payload = json.dumps(error.to_dict()).encode()
         headers = [
             (b"content-type", b"application/json"),
@@ -71,6 +74,27 @@ class BodySizeLimitMiddleware:
         ]
         await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
+
+
+def _too_large(limit: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(
+        f"The request body is larger than this server's limit of {limit} bytes."
+    )
+
+
+def _counting(receive: Receive, limit: int) -> Receive:
+    """`receive` that raises PayloadTooLargeError (→ 413) once more than `limit` bytes came."""
+    size = 0
+
+    async def wrapped() -> Message:
+        nonlocal size
+        message = await receive()
+        size += len(message.get("body", b""))
+        if size > limit:
+            raise _too_large(limit)
+        return message
+
+    return wrapped
 
 
 def _content_length(scope: Scope) -> int | None:

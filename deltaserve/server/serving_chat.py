@@ -96,7 +96,8 @@ async def create_chat_completion(
         state, req, len(prompt.token_ids), max_tokens, logprobs, prompt_param="messages"
     )
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
-    run = GenerationRun(state, request_id, [prompt], [params], adapter)
+    lease = await state.acquire_model(req.model, principal) if adapter is not None else None
+    run = GenerationRun(state, request_id, [prompt], [params], adapter, lease=lease)
     return await respond(
         run,
         raw,

@@ -103,7 +103,8 @@ async def create_completion(
         sampling_params(state, req, len(p.token_ids), req.max_tokens, req.logprobs) for p in prompts
     ]
     request_id = f"cmpl-{uuid.uuid4().hex}"
-    run = GenerationRun(state, request_id, prompts, params, adapter)
+    lease = await state.acquire_model(req.model, principal) if adapter is not None else None
+    run = GenerationRun(state, request_id, prompts, params, adapter, lease=lease)
     return await respond(
         run,
         raw,

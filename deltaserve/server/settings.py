@@ -84,6 +84,29 @@ class Settings(BaseSettings):
         description="Server-side directories adapters may be registered from (repeatable; "
         f"in the environment a JSON list or paths separated by '{os.pathsep}').",
     )
+    # --- adapter store -------------------------------------------------------------------
+    data_dir: Path | None = Field(
+        None,
+        description="Directory for the adapter store's materialised adapters (content-addressed); "
+        "unset = a fresh temporary directory.",
+    )
+    max_adapter_bytes: int = Field(
+        256 * 1024 * 1024, ge=1, description="Largest adapter accepted (all its files; larger: 413)."
+    )
+    max_total_adapter_bytes: int = Field(
+        16 * 1024 * 1024 * 1024,
+        ge=1,
+        description="Most bytes of registered adapters in total (beyond: 413).",
+    )
+    adapter_unregister_timeout_s: float = Field(
+        30.0, ge=0, description="How long DELETE waits for in-flight requests using the adapter."
+    )
+    redis_blob_ttl_s: int = Field(
+        7 * 24 * 3600,
+        ge=1,
+        description="TTL of adapter weight blobs in Redis, refreshed on every fetch "
+        "(manifests have none: use maxmemory-policy volatile-lru).",
+    )
     # --- limits --------------------------------------------------------------------------
     max_body_bytes: int = Field(
         16 * 1024 * 1024, ge=1, description="Largest request body accepted (larger: 413)."

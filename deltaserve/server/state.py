@@ -10,9 +10,15 @@ from typing import Annotated, Protocol
 
 from fastapi import Depends, Header, Request
 
+from deltaserve.adapter_store.store import AdapterStore
 from deltaserve.engine.adapters.base import AdapterRequest
 from deltaserve.engine.protocol import EngineClient, EngineStats
-from deltaserve.server.adapters import AdapterNotFoundError, AdapterResolver
+from deltaserve.server.adapters import (
+    AdapterLease,
+    AdapterNotFoundError,
+    AdapterResolver,
+    acquire_adapter,
+)
 from deltaserve.server.auth import ApiKeyAuth, Principal
 from deltaserve.server.errors import ModelNotFoundError, ServiceUnavailableError
 from deltaserve.server.metrics import ServerMetrics
@@ -37,6 +43,8 @@ class ServerState:
     resolver: AdapterResolver
     auth: ApiKeyAuth
     engine: EngineClient | None = None
+    store: AdapterStore | None = None
+    """The adapter store behind `resolver` (None when a plain resolver was given)."""
     ready: bool = False
     """The engine is started and serving."""
     draining: bool = False
@@ -84,6 +92,18 @@ class ServerState:
             return None
         try:
             return self.resolver.resolve(model, tenant=principal.tenant)
+        except AdapterNotFoundError:
+            raise ModelNotFoundError(model) from None
+
+    async def acquire_model(self, model: str, principal: Principal) -> AdapterLease | None:
+        """A lease on the adapter `model` names (None for the base model); else 404.
+
+        Call it last before generating: the caller must release the lease in `finally`.
+        """
+        if model == self.base_model_id:
+            return None
+        try:
+            return await acquire_adapter(self.resolver, model, principal.tenant)
         except AdapterNotFoundError:
             raise ModelNotFoundError(model) from None
 

@@ -54,6 +54,7 @@ class AdapterPool:
         self._device: OrderedDict[str, LoRAAdapter] = OrderedDict()
         self._refs: dict[str, int] = {}  # requests holding each adapter (pins the host copy)
         self._loading: dict[str, threading.Event] = {}
+        self._retired: set[str] = set()  # dropped while still held: forget at last release
         self.on_load: Callable[[str, float], None] | None = None
         """Observer called with (tier, seconds) after a load: 'origin' → host, 'host' → device."""
         self._counters = PoolStats()  # hits/misses; residency is computed when read
@@ -96,6 +97,10 @@ class AdapterPool:
             n = self._refs.get(key, 0) - 1
             if n <= 0:
                 self._refs.pop(key, None)
+                if key in self._retired:
+                    self._retired.discard(key)
+                    self._host.pop(key, None)
+                    self._device.pop(key, None)
             else:
                 self._refs[key] = n
             self._evict_host()
@@ -196,8 +201,11 @@ class AdapterPool:
             )
 
     def drop(self, key: str) -> None:
-        """Forget an adapter (unregistered/replaced) once no request holds it."""
+        """Forget an adapter (unregistered/replaced): now, or at its last release if a
+        request still holds it."""
         with self._lock:
             if self._refs.get(key, 0) == 0:
                 self._host.pop(key, None)
                 self._device.pop(key, None)
+            else:
+                self._retired.add(key)

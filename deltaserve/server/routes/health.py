@@ -20,12 +20,20 @@ async def health() -> dict[str, str]:
 
 @router.get("/ready")
 async def ready(state: StateDep) -> Response:
-    """200 once the engine is started; 503 before that and while draining."""
+    """200 once the engine is started; 503 before that, while draining and during a Redis outage."""
     if state.draining:
         return error_response(ServiceUnavailableError("The server is draining.", code="draining"))
     if not state.ready:
         return error_response(
             ServiceUnavailableError("The model is not loaded yet.", code="not_ready")
+        )
+    store = state.store
+    if store is not None and not store.healthy:
+        return error_response(
+            ServiceUnavailableError(
+                f"The shared adapter store is unreachable: {store.backend.outage}.",
+                code="redis_unavailable",
+            )
         )
     return JSONResponse({"status": "ready"})
 

@@ -256,3 +256,17 @@ def test_stats_follow_host_residency():
     pool.release("a:4")
     _use(pool, "b:8")  # evicts a
     assert pool.stats.host_resident == 1 and pool.stats.host_bytes == _fp32_bytes(8)
+
+
+def test_drop_while_held_waits_for_the_last_release():
+    loader = FakeLoader()
+    pool = _pool(loader)
+    req = _req("a:4")
+    pool.acquire(req)
+    pool.acquire(req)
+    pool.drop(req.key)
+    assert pool.stats.host_resident == 1, "still held by two requests"
+    pool.release(req.key)
+    assert pool.stats.host_resident == 1
+    pool.release(req.key)
+    assert pool.stats.host_resident == 0, "forgotten at the last release"

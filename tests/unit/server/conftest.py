@@ -14,9 +14,15 @@ from tests.unit.server.fake_engine import FakeEngine
 
 
 def make_lora_dir(path: Path) -> Path:
-    """An adapter directory good enough for the resolver (no weights needed by the fake)."""
+    """A small valid PEFT LoRA directory (the adapter store validates what it registers)."""
+    import torch
+    from safetensors.torch import save_file
+
     path.mkdir(parents=True)
     (path / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 4}')
+    prefix = "base_model.model.model.layers.0.self_attn.q_proj"
+    tensors = {f"{prefix}.lora_A.weight": torch.ones(4, 8), f"{prefix}.lora_B.weight": torch.ones(8, 4)}
+    save_file(tensors, str(path / "adapter_model.safetensors"))
     return path
 
 

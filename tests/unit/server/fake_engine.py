@@ -54,6 +54,7 @@ class FakeEngine:
     started: bool = False
     stopped: bool = False
     running: set[str] = field(default_factory=set)
+    dropped: list[str] = field(default_factory=list)
 
     async def start(self) -> None:
         self.started = True
@@ -71,6 +72,9 @@ class FakeEngine:
             steps_total=7,
             adapters_resident={"device": 2, "host": 5},
         )
+
+    def drop_adapter(self, key: str) -> None:
+        self.dropped.append(key)
 
     async def abort(self, request_id: str) -> None:
         self.aborted.append(request_id)

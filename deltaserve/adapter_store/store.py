@@ -1,0 +1,269 @@
+"""The adapter store: registration, tenancy, leases and the tier chain behind one façade.
+
+`acquire` leases the version first, then makes its content local through the tiers
+(tiers.py). Registrations validate in a worker thread,
+publish to the backend, then swap the registry pointer; nothing is indexed before all that
+succeeded. Writes need a healthy backend (503 otherwise); reads never wait on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from deltaserve.adapter_store import ingest as ing
+from deltaserve.adapter_store.backend import InProcessBackend, StoreBackend
+from deltaserve.adapter_store.content import ContentStore, pack_dir
+from deltaserve.adapter_store.errors import (
+    AdapterConflictError,
+    AdapterForbiddenError,
+    AdapterNotFoundError,
+    AdapterTooLargeError,
+    StoreError,
+    StoreUnavailableError,
+)
+from deltaserve.adapter_store.manifest import SHARED, AdapterManifest
+from deltaserve.adapter_store.paths import check_adapter_name, is_within
+from deltaserve.adapter_store.registry import AdapterRegistry, Lease, Version
+from deltaserve.adapter_store.sync import SyncMixin
+from deltaserve.adapter_store.tiers import TierChain, TierObserver
+from deltaserve.adapter_store.validation import BaseShapes, Limits
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who asks: a tenant, and whether it is an admin (admins manage shared adapters)."""
+
+    tenant: str
+    admin: bool = False
+
+
+@dataclass
+class StoreConfig:
+    data_dir: Path
+    base_model_id: str
+    source_roots: list[Path] = field(default_factory=list)
+    max_adapter_bytes: int = 1 << 30
+    max_total_adapter_bytes: int = 16 << 30
+    limits: Limits = field(default_factory=Limits)
+    unregister_timeout_s: float = 30.0
+    ephemeral: bool = False
+    """data_dir is a temporary directory of this process: removed on close."""
+
+
+class AdapterStore(SyncMixin):
+    """One replica's adapter store."""
+
+    def __init__(
+        self,
+        config: StoreConfig,
+        backend: StoreBackend | None = None,
+        shapes: BaseShapes | None = None,
+        observer: TierObserver | None = None,
+        drop_from_engine: Callable[[str], None] | None = None,
+    ):
+        self.config = config
+        self.backend: StoreBackend = backend or InProcessBackend()
+        self.shapes = shapes
+        self.observer = observer or TierObserver()
+        self.content = ContentStore(config.data_dir)
+        self.registry = AdapterRegistry(on_retire=self._on_retire)
+        self._drop_from_engine = drop_from_engine
+        self._write_lock = asyncio.Lock()
+        self.tiers = TierChain(self.content, self.backend, self.observer, config)
+        self._local_only: dict[tuple[str, str], str] = {}
+        """--adapter-dir entries (key → sha256): per replica, not published to the backend."""
+
+    # ---- lifecycle ------------------------------------------------------------------------
+    async def start(self, adapter_dir: Path | None = None) -> None:
+        """Register --adapter-dir as shared adapters, then connect the backend."""
+        if adapter_dir is not None:
+            await self.load_directory(Path(adapter_dir))
+        await self.backend.start(self)
+
+    async def close(self) -> None:
+        await self.backend.close()
+        if self.config.ephemeral:
+            shutil.rmtree(self.config.data_dir, ignore_errors=True)
+
+    @property
+    def healthy(self) -> bool:
+        return self.backend.healthy
+
+    async def load_directory(self, root: Path) -> None:
+        """Each valid subdirectory becomes a shared adapter; invalid ones are logged, skipped."""
+        if not root.is_dir():
+            logger.warning("--adapter-dir %s is not a directory", root)
+            return
+        for child in sorted(root.iterdir()):
+            if not child.is_dir():
+                continue
+            try:
+                check_adapter_name(child.name)
+                async with self._write_lock:
+                    manifest = await self._ingest_and_install(
+                        child.name, SHARED, "adapter-dir", publish=False,
+                        stage=lambda staged, c=child: ing.stage_directory(
+                            c, staged, self.config.max_adapter_bytes),
+                    )  # fmt: skip
+                self._local_only[manifest.key] = manifest.sha256
+            except (StoreError, OSError, ValueError) as exc:
+                logger.warning("skipping adapter %s from --adapter-dir: %s", child.name, exc)
+
+    # ---- reads ----------------------------------------------------------------------------
+    def list(self, tenant: str) -> list[AdapterManifest]:
+        return self.registry.list(tenant)
+
+    def get(self, name: str, tenant: str) -> AdapterManifest:
+        version = self.registry.visible(name, tenant)
+        if version is None:
+            raise AdapterNotFoundError(name)
+        return version.manifest
+
+    async def acquire(self, name: str, tenant: str) -> Lease:
+        """Lease the adapter `tenant` means by `name` with its content local; release it later."""
+        version = self.registry.visible(name, tenant)
+        if version is None:
+            raise AdapterNotFoundError(name)
+        lease = self.registry.lease(version)
+        try:
+            await self.tiers.ensure_local(version.manifest)
+        except BaseException:
+            lease.release()
+            raise
+        return lease
+
+    # ---- writes ---------------------------------------------------------------------------
+    async def register_upload(
+        self, name: str, files: list[tuple[str, BinaryIO]], caller: Caller,
+        shared: bool | None = None, replace: bool = False,
+    ) -> AdapterManifest:  # fmt: skip
+        """Register uploaded files (relative path, stream) under `name`."""
+        max_bytes = self.config.max_adapter_bytes
+        return await self._register(
+            name, caller, shared, replace, "upload",
+            lambda staged: ing.stage_upload(files, staged, max_bytes),
+        )  # fmt: skip
+
+    async def register_source(
+        self, name: str, source: str, caller: Caller,
+        shared: bool | None = None, replace: bool = False,
+    ) -> AdapterManifest:  # fmt: skip
+        """Register a server-side directory inside an allowed --adapter-source-root."""
+        roots, max_bytes = self.config.source_roots, self.config.max_adapter_bytes
+        return await self._register(
+            name, caller, shared, replace, f"path:{source}",
+            lambda staged: ing.stage_source(source, roots, staged, max_bytes),
+        )  # fmt: skip
+
+    async def unregister(self, name: str, caller: Caller) -> AdapterManifest:
+        """Remove `name` (for new requests at once), then wait for in-flight leases to end."""
+        async with self._write_lock:
+            version = self.registry.visible(name, caller.tenant)
+            if version is None:
+                raise AdapterNotFoundError(name)
+            manifest = version.manifest
+            if manifest.shared and not caller.admin:
+                raise AdapterForbiddenError(f"`{name}` is a shared adapter; only admins may delete it.")
+            self._require_healthy()
+            await self.backend.delete(manifest)
+            self.registry.remove(*manifest.key)
+            self._local_only.pop(manifest.key, None)
+        if not await self.registry.wait_idle(version, self.config.unregister_timeout_s):
+            logger.warning("unregistered %s while %d request(s) still use it", name, version.leases)
+        return manifest
+
+    def _target_owner(self, name: str, caller: Caller, shared: bool | None) -> str:
+        shared = caller.admin if shared is None else shared
+        if shared and not caller.admin:
+            raise AdapterForbiddenError("Only admins may register shared adapters.", param="shared")
+        if not shared and not caller.admin and self.registry.get(SHARED, name) is not None:
+            raise AdapterForbiddenError(
+                f"`{name}` is a shared adapter; it cannot be overwritten.", param="name"
+            )
+        return SHARED if shared else caller.tenant
+
+    def _require_healthy(self) -> None:
+        if not self.backend.healthy:
+            raise StoreUnavailableError(
+                f"The shared adapter store is unavailable ({self.backend.outage}); retry later."
+            )
+
+    async def _register(
+        self, name: str, caller: Caller, shared: bool | None, replace: bool, source: str,
+        stage: Callable[[Path], int],
+    ) -> AdapterManifest:  # fmt: skip
+        check_adapter_name(name)
+        async with self._write_lock:
+            owner = self._target_owner(name, caller, shared)
+            if self.registry.get(owner, name) is not None and not replace:
+                raise AdapterConflictError(
+                    f"An adapter named `{name}` exists; set `replace` to replace it.", param="name"
+                )
+            self._require_healthy()
+            manifest = await self._ingest_and_install(name, owner, source, stage, publish=True)
+            self._local_only.pop(manifest.key, None)
+        return manifest
+
+    async def _ingest_and_install(
+        self, name: str, owner: str, source: str, stage: Callable[[Path], int], publish: bool
+    ) -> AdapterManifest:
+        with self.content.staging_dir() as staged:
+            nbytes = await asyncio.to_thread(stage, staged)
+            total = self.registry.total_bytes(excluding=(owner, name)) + nbytes
+            if total > self.config.max_total_adapter_bytes:
+                raise AdapterTooLargeError(
+                    "The adapter store is full (--max-total-adapter-bytes "
+                    f"{self.config.max_total_adapter_bytes})."
+                )
+            cfg = self.config
+            got = await asyncio.to_thread(ing.ingest, self.content, staged, self.shapes, cfg.limits)
+        v = got.validated
+        manifest = AdapterManifest(
+            name=name, kind=v.kind, base_model=cfg.base_model_id, sha256=got.sha256,
+            bytes=got.nbytes, owner=owner, rank=v.rank, target_modules=v.target_modules,
+            source=source,
+        )  # fmt: skip
+        if publish:
+            try:
+                await self.backend.put(manifest, got.blob)
+            except BaseException:
+                self._forget_content(got.sha256)
+                raise
+        self.registry.install(manifest, got.path)
+        return manifest
+
+    # ---- retirement -----------------------------------------------------------------------
+    def _on_retire(self, version: Version) -> None:
+        self._forget_content(version.manifest.sha256)
+
+    def _forget_content(self, sha: str) -> None:
+        """Drop content nobody registered or leased uses any more (engine pool and disk)."""
+        if self.registry.uses_sha(sha):
+            return
+        if self._drop_from_engine is not None:
+            self._drop_from_engine(sha)
+        if is_within(self.content.path(sha), self.content.content):
+            self.content.remove(sha)
+
+    def tier_stats(self) -> dict[str, tuple[int, int]]:
+        """(adapters, bytes) resident in the store's tiers: redis (shared) and origin (local)."""
+        versions = self.registry.versions()
+        local = {v.manifest.sha256: v.manifest.bytes for v in versions if self.content.has(v.manifest.sha256)}
+        return {"redis": self.backend.resident(), "origin": (len(local), sum(local.values()))}
+
+    def shareable(self) -> list[tuple[AdapterManifest, Callable[[], bytes]]]:
+        """Registered adapters (not --adapter-dir ones) whose content is local, for re-seeding."""
+        out = []
+        for v in self.registry.versions():
+            m = v.manifest
+            if self._local_only.get(m.key) != m.sha256 and self.content.has(m.sha256):
+                out.append((m, lambda p=self.content.path(m.sha256): pack_dir(p)))
+        return out
