@@ -11,7 +11,9 @@ import time
 import traceback
 from types import SimpleNamespace
 
+from benchmarks import delta_assets
 from benchmarks.common import (
+    DELTA_VARIANTS,
     SAMPLE_REQUESTS,
     RunResult,
     adapters_in,
@@ -97,6 +99,11 @@ def _measure(
         api.AdapterRequest(name=assets.adapter_name(i), path=str(assets.adapter_dir(i)))
         for i in range(k)
     ]
+    plan, dirs = None, []
+    if res.variant in DELTA_VARIANTS:
+        dirs = delta_assets.build_deltas(assets)
+        reqs = [api.AdapterRequest(name=d.name, path=str(d), kind="sparse_delta") for d in dirs]
+        plan = delta_assets.delta_plan(len(prompts), len(dirs))
     # One engine configuration for every variant (as a server would run): room for all the
     # workload's adapters and a batch of all requests.
     engine = api.LLMEngine(
@@ -104,14 +111,18 @@ def _measure(
             model=str(assets.base_dir),
             dtype="bfloat16",
             max_num_seqs=len(prompts),
-            max_loras=max(assets.spec.num_adapters, 1),
+            max_loras=max(assets.spec.num_adapters, len(reqs), 1),
+            # W-delta: room for all its deltas (LoRA variants keep the default budget).
+            adapter_device_bytes=(2 * delta_assets.delta_bytes(dirs) if plan is not None
+                                  else None),
             device=device,
             mixed_prefill_decode=mixed_prefill_decode,
         )
     )
 
     def adapters_for(n: int) -> list:
-        return [None if i is None else reqs[i] for i in round_robin(n, k)]
+        order = plan if plan is not None else round_robin(n, k)
+        return [None if i is None else reqs[i] for i in order]
 
     # Warm-up: enough short requests that every adapter of the variant gets loaded.
     # Warm up with the timed batch itself (a few tokens): every adapter loaded, and the same

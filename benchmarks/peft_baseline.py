@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 from benchmarks.common import (
+    DELTA_VARIANTS,
     SAMPLE_REQUESTS,
     RunResult,
     adapters_in,
@@ -71,6 +72,9 @@ def run(
         engine="peft", variant=variant, num_adapters=k, num_requests=len(prompts),
         prompt_len=len(prompts[0]), gen_len=gen_len,
     )
+    if variant in DELTA_VARIANTS:
+        res.error = "PEFT cannot serve sparse-delta adapters (no baseline for this variant)"
+        return res
     model = load_model(assets, k, device)
     names = None
     if k > 0:

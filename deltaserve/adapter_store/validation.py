@@ -15,6 +15,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+from safetensors import safe_open
+
 from deltaserve.adapter_store.errors import InvalidAdapterError
 from deltaserve.adapter_store.paths import check_adapter_name, is_within
 from deltaserve.adapter_store.safetensors_check import (
@@ -73,6 +76,9 @@ class BaseShapes:
 class Limits:
     max_rank: int = 64
     max_header_bytes: int = MAX_HEADER_BYTES
+    base_model_ids: tuple[str, ...] = ()
+    """Ids the served base model answers to (the served id and the model directory's name). A
+    sparse_delta's `base_model` must be one of them, compared exactly; empty: not checked."""
 
 
 @dataclass(frozen=True)
@@ -189,8 +195,10 @@ def _validate_other(
     if kind == "sparse_delta":
         weights = _inside(path, cfg.get("weights", "delta.safetensors"), "weights")
         tensors = read_header(weights, str(cfg.get("weights")), limits.max_header_bytes)
+        _check_delta_base(cfg, limits)
         _check_delta_tensors(tensors, shapes)
         check_finite(weights, weights.name, tensors)
+        _check_delta_indices(weights, tensors, shapes)
     elif kind == "proxy":
         for key in ("expert", "anti_expert"):
             if not _inside(path, cfg.get(key), key).is_dir():
@@ -231,6 +239,33 @@ def _check_delta_tensors(tensors: dict[str, TensorInfo], shapes: BaseShapes | No
     for (layer, module), g in groups.items():
         if set(g) != {"indices", "values"} or g["indices"].shape != g["values"].shape:
             raise InvalidAdapterError(f"layer {layer} {module}: indices and values must pair up.")
+
+
+def _check_delta_base(cfg: dict, limits: Limits) -> None:
+    base = cfg.get("base_model")
+    if limits.base_model_ids and base not in limits.base_model_ids:
+        raise InvalidAdapterError(
+            f"This sparse delta was made from base model {base!r}; the server serves "
+            f"{limits.base_model_ids[0]!r}.", code="base_model_mismatch",
+        )
+
+
+def _check_delta_indices(weights: Path, tensors: dict[str, TensorInfo],
+                         shapes: BaseShapes | None) -> None:
+    """Flat indices in range of their base matrix (when shapes are known) and unique."""
+    with safe_open(str(weights), framework="pt", device="cpu") as f:
+        for name in tensors:
+            m = DELTA_KEY.match(name)
+            if m is None or m.group(3) != "indices":
+                continue
+            idx = f.get_tensor(name).long()
+            module = m.group(2)
+            size = shapes.in_sizes[module] * shapes.out_sizes[module] if shapes else None
+            if idx.numel() and (int(idx.min()) < 0 or (size and int(idx.max()) >= size)):
+                raise InvalidAdapterError(f"{name}: indices out of range [0, {size}).",
+                                          code="shape_mismatch")
+            if torch.unique(idx).numel() != idx.numel():
+                raise InvalidAdapterError(f"{name}: duplicate indices.")
 
 
 def _check_mix(cfg: dict) -> None:

@@ -10,7 +10,8 @@ import torch
 
 from deltaserve.engine.adapters.base import AdapterError, AdapterRequest
 from deltaserve.engine.adapters.lora import load_lora
-from deltaserve.engine.adapters.pool import AdapterPool
+from deltaserve.engine.adapters.pool import Adapter, AdapterPool
+from deltaserve.engine.adapters.sparse_delta import load_sparse_delta
 from deltaserve.engine.config import EngineConfig, ModelConfig
 from deltaserve.engine.detokenizer import append_text, find_stop, flush_text
 from deltaserve.engine.kv_cache import BlockAllocator, KVCache, kv_bytes_per_block
@@ -106,13 +107,16 @@ class LLMEngine:
         elem = torch.tensor([], dtype=self.dtype).element_size()
         return self.config.max_loras * self.config.max_lora_rank * per_rank * elem
 
-    def _load_adapter(self, req: AdapterRequest):
-        if req.kind != "lora":
+    def _load_adapter(self, req: AdapterRequest) -> Adapter:
+        ins, outs, layers = self.model.in_sizes(), self.model.out_sizes(), self.model_config.num_hidden_layers
+        if req.kind == "lora":
+            adapter = load_lora(req.name, req.path, ins, outs, layers, self.config.max_lora_rank)
+        elif req.kind == "sparse_delta":
+            adapter = load_sparse_delta(req.name, req.path, ins, outs, layers)
+        else:
             raise AdapterError(f"adapter kind {req.kind!r} is not supported by this engine")
-        adapter = load_lora(req.name, req.path, self.model.in_sizes(), self.model.out_sizes(),
-                            self.model_config.num_hidden_layers, self.config.max_lora_rank)
         elem = torch.tensor([], dtype=self.dtype).element_size()
-        need = sum(a.numel() + b.numel() for a, b in adapter.tensors.values()) * elem
+        need = adapter.device_nbytes(elem)
         if need > self.pool.device_budget_bytes:
             raise AdapterError(
                 f"adapter {req.name!r} needs {need} bytes on the device, more than the whole "

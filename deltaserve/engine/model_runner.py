@@ -8,11 +8,13 @@ import torch
 
 from deltaserve.engine.adapters.batch import AdapterBatch
 from deltaserve.engine.adapters.pool import AdapterPool
+from deltaserve.engine.adapters.sparse_delta import SparseDeltaAdapter
 from deltaserve.engine.config import ModelConfig
 from deltaserve.engine.kv_cache import KVCache
 from deltaserve.engine.layers.attention import AttentionMeta
 from deltaserve.engine.models.llama import LlamaForCausalLM
 from deltaserve.engine.ops.lora import LoRARows, LoRAStack
+from deltaserve.engine.ops.sparse_delta import DeltaRows, SparseDeltaStack
 from deltaserve.engine.request import Sequence
 from deltaserve.engine.sampler import SamplerOutput, SamplingTensors, sample
 from deltaserve.engine.scheduler import SchedulerOutput
@@ -46,6 +48,8 @@ class ModelRunner:
         self.dtype = dtype
         self._stack: LoRAStack | None = None
         self._stack_keys: list[str] = []
+        self._delta_stack: SparseDeltaStack | None = None
+        self._delta_keys: list[str] = []
 
     def execute(self, sched: SchedulerOutput, protected: set[str]) -> SamplerOutput:
         adapters = self._adapter_batch(sched, protected)  # also orders rows by adapter
@@ -130,17 +134,49 @@ class ModelRunner:
         keys = sched.adapters
         if not keys:
             return None
-        stack_keys = self._stack_for(keys, protected)
-        slot_of = {k: i for i, k in enumerate(stack_keys)}
-        # Rows of one adapter side by side, base rows last: for uniform batches the op then
-        # works on views of the packed rows (no gather/scatter). Outputs follow this order.
-        sched.scheduled.sort(key=lambda it: slot_of.get(it.seq.adapter_key, len(slot_of)))
-        row_slots: list[int] = []
+        delta_keys = [k for k in keys if isinstance(self.pool.peek(k), SparseDeltaAdapter)]
+        lora_keys = [k for k in keys if k not in set(delta_keys)]
+        stack_keys = self._stack_for(lora_keys, protected | set(delta_keys)) if lora_keys else []
+        dkeys = (self._delta_stack_for(delta_keys, protected | set(stack_keys))
+                 if delta_keys else [])
+        lora_slot = {k: i for i, k in enumerate(stack_keys)}
+        delta_slot = {k: i for i, k in enumerate(dkeys)}
+        # Rows of one adapter side by side (LoRA rows, then delta rows, base rows last): for
+        # uniform batches the ops then work on views of the packed rows (no gather/scatter).
+        # Outputs follow this order.
+        n_l, n_d = len(lora_slot), len(delta_slot)
+        sched.scheduled.sort(key=lambda it: lora_slot.get(
+            it.seq.adapter_key, n_l + delta_slot.get(it.seq.adapter_key, n_d)))
+        lora_row_slots: list[int] = []
+        delta_row_slots: list[int] = []
         for item in sched.scheduled:
-            key = item.seq.adapter_key
-            row_slots.extend([slot_of[key] if key is not None else -1] * item.num_new_tokens)
-        rows = LoRARows.build(row_slots, len(stack_keys), self.device, self.dtype)
-        return AdapterBatch(lora_stack=self._stack, lora_rows=rows)
+            key, n = item.seq.adapter_key, item.num_new_tokens
+            lora_row_slots.extend([lora_slot.get(key, -1)] * n)
+            delta_row_slots.extend([delta_slot.get(key, -1)] * n)
+        batch = AdapterBatch()
+        if lora_keys:
+            batch.lora_stack = self._stack
+            batch.lora_rows = LoRARows.build(lora_row_slots, n_l, self.device, self.dtype)
+        if delta_keys:
+            batch.delta_stack = self._delta_stack
+            batch.delta_rows = DeltaRows.build(delta_row_slots, n_d, self.device, self.dtype)
+        return batch
+
+    def _delta_stack_for(self, keys: list[str], protected: set[str]) -> list[str]:
+        """Stacked sparse deltas covering `keys`: reused while the step's deltas are a subset
+        of the stack and at least half of it, else rebuilt (deltas change rarely per step)."""
+        cached, wanted = set(self._delta_keys), set(keys)
+        if self._delta_stack is not None and wanted <= cached and len(cached) <= 2 * len(wanted):
+            return self._delta_keys
+        order = sorted(keys)
+        self._delta_stack = None  # free the old stack first
+        deltas = self.pool.on_device(order, protected)
+        self._delta_stack = SparseDeltaStack(
+            [d.tensors for d in deltas], self.model.in_sizes(), self.model.out_sizes(),
+            self.cfg.num_hidden_layers, self.device, self.dtype,
+        )
+        self._delta_keys = order
+        return order
 
     def _stack_for(self, keys: list[str], protected: set[str]) -> list[str]:
         """Stacked weights covering `keys`, reused across steps.
@@ -174,6 +210,7 @@ class ModelRunner:
 
     def invalidate_adapters(self) -> None:
         self._stack, self._stack_keys = None, []
+        self._delta_stack, self._delta_keys = None, []
 
     # ---- sampling -----------------------------------------------------------------------
     def sampling_tensors(self, seqs: list[Sequence], vocab: int) -> SamplingTensors:

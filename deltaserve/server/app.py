@@ -16,6 +16,7 @@ from deltaserve.server.auth import DEFAULT_TENANT, ApiKeyAuth
 from deltaserve.server.engine_factory import build_engine
 from deltaserve.server.errors import install_error_handlers
 from deltaserve.server.middleware import BodySizeLimitMiddleware
+from deltaserve.server.mixing import build_mixer, forget_member_content
 from deltaserve.server.routes import admin, health, openai_api
 from deltaserve.server.settings import Settings
 from deltaserve.server.state import ServerState
@@ -46,6 +47,7 @@ def create_app(
     if resolver is None:
         state.store = build_store(settings, state.metrics, lambda key: _drop_adapter(state, key))
         state.resolver = StoreResolver(state.store, DEFAULT_TENANT)
+        state.mixer = build_mixer(state)
     app = FastAPI(title="deltaserve", version="0.1.0", lifespan=_lifespan)
     app.state.server = state
     install_error_handlers(app)
@@ -62,7 +64,11 @@ def create_app(
 
 
 def _drop_adapter(state: ServerState, key: str) -> None:
-    """Tell the engine to forget a retired adapter (at once, or when its last request ends)."""
+    """Tell the engine to forget a retired adapter (at once, or when its last request ends).
+
+    Mixes materialised from that content are dropped first (their cache key names it).
+    """
+    forget_member_content(state, key)
     if state.engine is not None:
         state.engine.drop_adapter(key)
 

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
 
-from deltaserve.server.settings import DemoSettings, Settings
+from deltaserve.server.settings import CompressSettings, DemoSettings, MixFitSettings, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -116,9 +116,17 @@ def build_parser() -> argparse.ArgumentParser:
         f"environment variable {ENV_PREFIX}<FLAG> (flags win).",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    groups: dict[str, Any] = {}
     for name, sub in SUBCOMMANDS.items():
-        sp = subparsers.add_parser(name, help=sub.help, description=sub.help)
-        sp.set_defaults(_subparser=sp)
+        group, _, leaf = name.partition(" ")  # "mix fit" → `deltaserve mix fit`
+        where = subparsers
+        if leaf:
+            if group not in groups:
+                gp = subparsers.add_parser(group, help=f"{group} subcommands")
+                groups[group] = gp.add_subparsers(dest="_" + group, required=True, metavar="ACTION")
+            where = groups[group]
+        sp = where.add_parser(leaf or name, help=sub.help, description=sub.help)
+        sp.set_defaults(_subparser=sp, _name=name)
         for field_name, field in sub.settings.model_fields.items():
             _add_field(sp, field_name, field)
     return parser
@@ -186,13 +194,44 @@ register(
 register("demo", Subcommand("Build the demo base model and adapters.", DemoSettings, run_demo))
 
 
+def run_compress(settings: CompressSettings) -> int:
+    """`deltaserve compress`: write a sparse_delta adapter from a full fine-tune."""
+    from deltaserve.server.compress_cli import compress_cmd
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return compress_cmd(settings)
+
+
+register("compress", Subcommand(
+    "Compress a full fine-tune into a sparse_delta adapter (DARE, DAREx-q or magnitude pruning).",
+    CompressSettings, run_compress,
+))
+
+
+def run_mix_fit(settings: MixFitSettings) -> int:
+    """`deltaserve mix fit`: fit a mix's routing on examples and write the `mix` adapter."""
+    from deltaserve.server.mix_cli import mix_fit
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return mix_fit(settings)
+
+
+register(
+    "mix fit",
+    Subcommand(
+        "Learn a mix's routing (MHR-z: only the routing logits, the inventory frozen) from "
+        "prompt/completion examples and write a `mix` adapter.", MixFitSettings, run_mix_fit,
+    ),
+)  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `deltaserve` console script."""
     parser = build_parser()
     args = vars(parser.parse_args(argv))
-    sub = SUBCOMMANDS[args.pop("command")]
-    subparser = args.pop("_subparser")
-    return sub.run(_settings_from(sub, args, subparser))
+    sub = SUBCOMMANDS[args["_name"]]
+    values = {k: v for k, v in args.items() if k != "command" and not k.startswith("_")}
+    return sub.run(_settings_from(sub, values, args["_subparser"]))
 
 
 if __name__ == "__main__":

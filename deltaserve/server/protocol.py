@@ -32,6 +32,14 @@ class StreamOptions(_Request):
     """Send a final chunk with `usage` (and empty `choices`)."""
 
 
+class AdhocAdapter(_Request):
+    """One member of an ad-hoc mix (deltaserve extension)."""
+
+    name: str
+    weight: float | None = None
+    """Routing weight (used as given); omitted for every member: the uniform average."""
+
+
 class SamplingFields(_Request):
     """Fields shared by completions and chat completions."""
 
@@ -54,6 +62,12 @@ class SamplingFields(_Request):
     ignore_eos: bool = False
     stop_token_ids: list[int] | None = None
     include_stop_str_in_output: bool = False
+    # deltaserve extension: an ad-hoc MHR/Polytropon mix of LoRAs (`model` = the base model)
+    adapters: list[AdhocAdapter] | None = None
+    heads: int | None = Field(None, ge=1)
+    """Routing heads of the ad-hoc mix (default 1; the weights are repeated per head)."""
+    routing: list[list[float]] | None = None
+    """Per-head routing, heads × adapters (instead of per-adapter `weight`s)."""
 
     @property
     def include_usage(self) -> bool:

@@ -22,6 +22,7 @@ from deltaserve.server.generation import (
     GenerationRun,
     respond,
 )
+from deltaserve.server.mixing import acquire_for_request
 from deltaserve.server.prompts import chat_prompt, message_text
 from deltaserve.server.protocol import (
     ChatChoice,
@@ -96,7 +97,7 @@ async def create_chat_completion(
         state, req, len(prompt.token_ids), max_tokens, logprobs, prompt_param="messages"
     )
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
-    lease = await state.acquire_model(req.model, principal) if adapter is not None else None
+    lease = await acquire_for_request(state, req, principal)
     run = GenerationRun(state, request_id, [prompt], [params], adapter, lease=lease)
     return await respond(
         run,

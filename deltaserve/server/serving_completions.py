@@ -22,6 +22,7 @@ from deltaserve.server.generation import (
     GenerationRun,
     respond,
 )
+from deltaserve.server.mixing import acquire_for_request
 from deltaserve.server.prompts import PromptInput, completion_prompts
 from deltaserve.server.protocol import (
     CompletionChoice,
@@ -103,7 +104,7 @@ async def create_completion(
         sampling_params(state, req, len(p.token_ids), req.max_tokens, req.logprobs) for p in prompts
     ]
     request_id = f"cmpl-{uuid.uuid4().hex}"
-    lease = await state.acquire_model(req.model, principal) if adapter is not None else None
+    lease = await acquire_for_request(state, req, principal)
     run = GenerationRun(state, request_id, prompts, params, adapter, lease=lease)
     return await respond(
         run,

@@ -69,6 +69,12 @@ class Settings(BaseSettings):
         64, ge=1, description="Most adapters kept loaded in host memory (LRU beyond that)."
     )
     max_lora_rank: int = Field(64, ge=1, description="Largest LoRA rank accepted.")
+    max_mix_members: int = Field(
+        8, ge=1, description="Most LoRAs one mix (registered or ad-hoc) may combine."
+    )
+    max_mix_heads: int = Field(
+        64, ge=1, description="Most routing heads one mix may use (MHR heads)."
+    )
     max_model_len: int | None = Field(
         None, ge=1, description="Context length (prompt + generated tokens); default: the model's."
     )
@@ -155,3 +161,63 @@ class DemoSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DELTASERVE_", extra="ignore")
 
     out: Path = Field(description="Directory to write the demo into (base/ and adapters/).")
+
+
+class CompressSettings(BaseSettings):
+    """`deltaserve compress`: a full fine-tune → a pruned `sparse_delta` adapter."""
+
+    model_config = SettingsConfigDict(env_prefix="DELTASERVE_", extra="ignore")
+
+    base: Path = Field(description="The base model: an HF model directory (safetensors).")
+    finetuned: Path = Field(
+        description="The full fine-tune of that base: an HF model directory of the same shapes."
+    )
+    out: Path = Field(description="Directory to write the sparse_delta adapter into.")
+    method: Literal["dare", "darex-q", "magnitude"] = Field(
+        description="dare: random keep-mask, rescale 1/density; darex-q: the same mask, rescale "
+        "1/q (q chosen on calibration text unless --q); magnitude: keep the largest |delta|."
+    )
+    density: float = Field(
+        gt=0, le=1, description="Fraction of each delta matrix kept (1 - pruning rate), in (0, 1]."
+    )
+    seed: int = Field(0, description="Seed of the random keep-mask (same seed, same output).")
+    calibration: Path | None = Field(
+        None, description="darex-q: text file, one calibration sample per line (default: "
+        "a built-in text)."
+    )
+    q: float | None = Field(
+        None, gt=0, le=1, description="darex-q: use this q (density < q <= 1) instead of "
+        "choosing it."
+    )
+    per_layer_q: bool = Field(
+        False, description="darex-q: one q per decoder layer (analytic least-squares fit of "
+        "each layer's outputs on the calibration text) instead of one global q."
+    )
+    base_model_id: str | None = Field(
+        None, description="Base model id written into the adapter (default: the base "
+        "directory's name, the id `deltaserve serve --model DIR` uses)."
+    )
+
+
+class MixFitSettings(BaseSettings):
+    """`deltaserve mix fit`: learn a mix's routing (MHR-z) from prompt/completion examples."""
+
+    model_config = SettingsConfigDict(env_prefix="DELTASERVE_", extra="ignore", protected_namespaces=())
+
+    model: str = Field(
+        json_schema_extra={"metavar": "DIR"},
+        description="Base model: a Hugging Face model directory (config, safetensors, tokenizer).",
+    )
+    adapter_dir: Path = Field(
+        description="Directory holding the inventory's PEFT LoRAs, one subdirectory per name."
+    )
+    inventory: str = Field(
+        json_schema_extra={"metavar": "A,B,C"},
+        description="Comma-separated inventory: LoRAs of equal rank, alpha and target modules.",
+    )
+    heads: int = Field(1, ge=1, description="Routing heads (1 = Polytropon).")
+    data: Path = Field(description='JSON lines of {"prompt": ..., "completion": ...} examples.')
+    out: Path = Field(description="Directory to write the fitted `mix` adapter into.")
+    steps: int = Field(100, ge=1, description="Optimisation steps (full batch).")
+    lr: float = Field(0.1, gt=0, description="Adam learning rate of the routing logits.")
+    seed: int = Field(0, description="Torch seed.")

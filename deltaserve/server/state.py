@@ -13,6 +13,7 @@ from fastapi import Depends, Header, Request
 from deltaserve.adapter_store.store import AdapterStore
 from deltaserve.engine.adapters.base import AdapterRequest
 from deltaserve.engine.protocol import EngineClient, EngineStats
+from deltaserve.router.router import MixRouter
 from deltaserve.server.adapters import (
     AdapterLease,
     AdapterNotFoundError,
@@ -45,6 +46,8 @@ class ServerState:
     engine: EngineClient | None = None
     store: AdapterStore | None = None
     """The adapter store behind `resolver` (None when a plain resolver was given)."""
+    mixer: MixRouter | None = None
+    """Materialises registered and ad-hoc mixes (needs the store)."""
     ready: bool = False
     """The engine is started and serving."""
     draining: bool = False

@@ -51,7 +51,8 @@ def build_store(
         source_roots=[Path(p) for p in settings.adapter_source_root],
         max_adapter_bytes=settings.max_adapter_bytes,
         max_total_adapter_bytes=settings.max_total_adapter_bytes,
-        limits=Limits(max_rank=settings.max_lora_rank),
+        limits=Limits(max_rank=settings.max_lora_rank, base_model_ids=(
+            settings.base_model_id, Path(settings.model).resolve().name)),
         unregister_timeout_s=settings.adapter_unregister_timeout_s,
         ephemeral=settings.data_dir is None,
     )

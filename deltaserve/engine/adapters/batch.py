@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from deltaserve.engine.ops.lora import LoRARows, LoRAStack, lora_grouped
+from deltaserve.engine.ops.sparse_delta import DeltaRows, SparseDeltaStack, sparse_delta_grouped
 
 
 @dataclass
@@ -19,6 +20,8 @@ class AdapterBatch:
 
     lora_stack: LoRAStack | None = None
     lora_rows: LoRARows | None = None
+    delta_stack: SparseDeltaStack | None = None
+    delta_rows: DeltaRows | None = None
 
     def apply(self, layer: int, group: str, x: torch.Tensor, y: torch.Tensor) -> None:
         """Add every adapter's delta for projection (layer, group) to y in place.
@@ -29,3 +32,7 @@ class AdapterBatch:
             gw = self.lora_stack.groups.get((layer, group))
             if gw is not None:
                 lora_grouped(x, y, gw, self.lora_rows)
+        if self.delta_stack is not None:
+            g = self.delta_stack.groups.get((layer, group))
+            if g is not None:
+                sparse_delta_grouped(x, y, g, self.delta_rows)

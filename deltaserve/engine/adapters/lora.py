@@ -37,6 +37,10 @@ class LoRAAdapter:
     def nbytes(self) -> int:
         return sum(a.nbytes + b.nbytes for a, b in self.tensors.values())
 
+    def device_nbytes(self, elem: int) -> int:
+        """Bytes on the device with `elem`-byte elements (the compute dtype)."""
+        return sum(a.numel() + b.numel() for a, b in self.tensors.values()) * elem
+
     def to(self, device: torch.device, dtype: torch.dtype) -> LoRAAdapter:
         moved = {k: (a.to(device, dtype), b.to(device, dtype)) for k, (a, b) in self.tensors.items()}
         return LoRAAdapter(self.name, self.rank, moved)

@@ -15,6 +15,10 @@ import torch
 
 from deltaserve.engine.adapters.base import AdapterError, AdapterRequest
 from deltaserve.engine.adapters.lora import LoRAAdapter
+from deltaserve.engine.adapters.sparse_delta import SparseDeltaAdapter
+
+Adapter = LoRAAdapter | SparseDeltaAdapter
+"""What the pool holds: any kind with `nbytes`, `device_nbytes(elem)` and `to(device, dtype)`."""
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +40,7 @@ class AdapterPool:
 
     def __init__(
         self,
-        loader: Callable[[AdapterRequest], LoRAAdapter],
+        loader: Callable[[AdapterRequest], Adapter],
         device: torch.device,
         dtype: torch.dtype,
         device_budget_bytes: int,
@@ -50,8 +54,8 @@ class AdapterPool:
         self.host_max_adapters = host_max_adapters
         self.host_budget_bytes = host_budget_bytes
         self._lock = threading.Lock()
-        self._host: OrderedDict[str, LoRAAdapter] = OrderedDict()  # LRU order, oldest first
-        self._device: OrderedDict[str, LoRAAdapter] = OrderedDict()
+        self._host: OrderedDict[str, Adapter] = OrderedDict()  # LRU order, oldest first
+        self._device: OrderedDict[str, Adapter] = OrderedDict()
         self._refs: dict[str, int] = {}  # requests holding each adapter (pins the host copy)
         self._loading: dict[str, threading.Event] = {}
         self._retired: set[str] = set()  # dropped while still held: forget at last release
@@ -61,7 +65,7 @@ class AdapterPool:
         self._elem = torch.tensor([], dtype=dtype).element_size()
 
     # ---- host tier ----------------------------------------------------------------------
-    def acquire(self, req: AdapterRequest) -> LoRAAdapter:
+    def acquire(self, req: AdapterRequest) -> Adapter:
         """Load into host memory if needed (single-flight) and pin it for one request."""
         key = req.key
         while True:
@@ -128,9 +132,14 @@ class AdapterPool:
             ad = self._device.get(key) or self._host.get(key)
         if ad is None:
             return 0
-        return sum(a.numel() + b.numel() for a, b in ad.tensors.values()) * self._elem
+        return ad.device_nbytes(self._elem)
 
-    def on_device(self, keys: list[str], protected: set[str]) -> list[LoRAAdapter]:
+    def peek(self, key: str) -> Adapter | None:
+        """The adapter held under `key` (device copy first), without touching LRU or counters."""
+        with self._lock:
+            return self._device.get(key) or self._host.get(key)
+
+    def on_device(self, keys: list[str], protected: set[str]) -> list[Adapter]:
         """Make `keys` device-resident (in that order) and return them.
 
         Evicts least-recently-used adapters that are neither in `keys` nor `protected` (the
@@ -180,8 +189,8 @@ class AdapterPool:
                 f"{self.device_budget_bytes} by adapters of the running batch"
             )
 
-    def _bytes_of(self, ad: LoRAAdapter) -> int:
-        return sum(a.nbytes + b.nbytes for a, b in ad.tensors.values())
+    def _bytes_of(self, ad: Adapter) -> int:
+        return ad.nbytes
 
     def _device_used(self) -> int:
         return sum(self._bytes_of(a) for a in self._device.values())
