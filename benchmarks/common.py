@@ -8,8 +8,12 @@ from dataclasses import dataclass, field
 # Variant name -> number of distinct adapters the requests use (None = all the workload has).
 # W-8 caps at the workload's adapter count so a --small run (4 adapters) still works.
 # W-delta: a quarter of the requests use 8 sparse deltas (10% density), the rest the base.
-VARIANTS: dict[str, int | None] = {"W-base": 0, "W-8": 8, "W": None, "W-delta": 8}
+# W-proxy: a quarter of the requests use 2 proxy adapters (experts sharing one anti-expert).
+VARIANTS: dict[str, int | None] = {"W-base": 0, "W-8": 8, "W": None, "W-delta": 8,
+                                   "W-proxy": 2}
 DELTA_VARIANTS = frozenset({"W-delta"})
+PROXY_VARIANTS = frozenset({"W-proxy"})
+"""Variants whose adapters are proxy adapters (benchmarks/proxy_assets.py); deltaserve only."""
 """Variants whose adapters are sparse deltas (benchmarks/delta_assets.py), not the LoRAs."""
 ENGINES = ("deltaserve", "peft")
 SAMPLE_REQUESTS = 4  # how many requests' tokens each run keeps to compare engines

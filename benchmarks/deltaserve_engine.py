@@ -11,9 +11,10 @@ import time
 import traceback
 from types import SimpleNamespace
 
-from benchmarks import delta_assets
+from benchmarks import delta_assets, proxy_assets
 from benchmarks.common import (
     DELTA_VARIANTS,
+    PROXY_VARIANTS,
     SAMPLE_REQUESTS,
     RunResult,
     adapters_in,
@@ -104,6 +105,10 @@ def _measure(
         dirs = delta_assets.build_deltas(assets)
         reqs = [api.AdapterRequest(name=d.name, path=str(d), kind="sparse_delta") for d in dirs]
         plan = delta_assets.delta_plan(len(prompts), len(dirs))
+    if res.variant in PROXY_VARIANTS:
+        pdirs = proxy_assets.build_proxies(assets)
+        reqs = [api.AdapterRequest(name=d.name, path=str(d), kind="proxy") for d in pdirs]
+        plan = proxy_assets.proxy_plan(len(prompts), len(pdirs))
     # One engine configuration for every variant (as a server would run): room for all the
     # workload's adapters and a batch of all requests.
     engine = api.LLMEngine(
@@ -117,6 +122,8 @@ def _measure(
                                   else None),
             device=device,
             mixed_prefill_decode=mixed_prefill_decode,
+            # W-proxy: three small models (weights + KV for the whole batch).
+            proxy_memory_bytes=1 << 30 if res.variant in PROXY_VARIANTS else None,
         )
     )
 

@@ -11,6 +11,7 @@ import time
 
 from benchmarks.common import (
     DELTA_VARIANTS,
+    PROXY_VARIANTS,
     SAMPLE_REQUESTS,
     RunResult,
     adapters_in,
@@ -74,6 +75,9 @@ def run(
     )
     if variant in DELTA_VARIANTS:
         res.error = "PEFT cannot serve sparse-delta adapters (no baseline for this variant)"
+        return res
+    if variant in PROXY_VARIANTS:
+        res.error = "PEFT cannot serve proxy adapters (no baseline for this variant)"
         return res
     model = load_model(assets, k, device)
     names = None

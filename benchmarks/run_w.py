@@ -1,6 +1,6 @@
 """Workload W: deltaserve's engine vs HF PEFT mixed-adapter batching, in one run.
 
-    python -m benchmarks.run_w [--out DIR] [--variants W-base,W-8,W,W-delta] [--engines deltaserve,peft]
+    python -m benchmarks.run_w [--out DIR] [--variants W-base,W-8,W,W-delta,W-proxy] [--engines deltaserve,peft]
         [--num-requests 64] [--prompt-len 64] [--gen-len 64] [--num-adapters 32] [--small]
         [--device auto|cpu|cuda] [--threads N] [--mixed-prefill-decode] [--update-readme]
 
@@ -50,7 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="where assets (cached) and results go (default: bench-out)")
     p.add_argument("--variants", type=_csv(list(VARIANTS)), default=list(VARIANTS),
                    help="comma-separated variants: W-base (no adapters), W-8, W, W-delta (a quarter "
-                   "of the requests on 8 sparse deltas of 10%% density) (default: all)")
+                   "of the requests on 8 sparse deltas of 10%% density), W-proxy (a quarter on 2 proxy adapters "
+                   "sharing one anti-expert) (default: all)")
     p.add_argument("--engines", type=_csv(ENGINES), default=list(ENGINES),
                    help="comma-separated engines (default: deltaserve,peft)")
     p.add_argument("--num-requests", type=int, help="requests, all in one batch (default 64)")

@@ -9,6 +9,7 @@ registering, the engine's checks stay as the last line of defence.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -30,6 +31,7 @@ from deltaserve.adapter_store.safetensors_check import (
 )
 from deltaserve.engine.adapters.base import AdapterError
 from deltaserve.engine.adapters.lora import read_lora_config
+from deltaserve.engine.adapters.proxy import read_tokenizer_vocab
 from deltaserve.engine.config import ModelConfig
 
 logger = logging.getLogger(__name__)
@@ -58,6 +60,8 @@ class BaseShapes:
     num_layers: int
     in_sizes: dict[str, int]
     out_sizes: dict[str, int]
+    vocab_size: int | None = None
+    """The base's vocabulary size (proxy experts must match it); None: not checked."""
 
     @classmethod
     def from_model_config(cls, c: ModelConfig) -> BaseShapes:
@@ -69,6 +73,7 @@ class BaseShapes:
                       "gate_proj": h, "up_proj": h, "down_proj": i},
             out_sizes={"q_proj": q, "k_proj": kv, "v_proj": kv, "o_proj": h,
                        "gate_proj": i, "up_proj": i, "down_proj": h},
+            vocab_size=c.vocab_size,
         )  # fmt: skip
 
 
@@ -79,6 +84,9 @@ class Limits:
     base_model_ids: tuple[str, ...] = ()
     """Ids the served base model answers to (the served id and the model directory's name). A
     sparse_delta's `base_model` must be one of them, compared exactly; empty: not checked."""
+    base_tokenizer_sha256: str | None = None
+    """tokenizer_vocab_sha256 of the base's tokenizer.json; a proxy's small models that carry a
+    tokenizer must match it. None: not checked."""
 
 
 @dataclass(frozen=True)
@@ -200,15 +208,53 @@ def _validate_other(
         check_finite(weights, weights.name, tensors)
         _check_delta_indices(weights, tensors, shapes)
     elif kind == "proxy":
-        for key in ("expert", "anti_expert"):
-            if not _inside(path, cfg.get(key), key).is_dir():
-                raise InvalidAdapterError(f"proxy `{key}` must name a directory in the adapter.")
+        _check_proxy(path, cfg, shapes, limits)
         for st in sorted(path.rglob("*.safetensors")):
             rel = st.relative_to(path).as_posix()
             check_finite(st, rel, read_header(st, rel, limits.max_header_bytes))
     else:
         _check_mix(cfg)
     return ValidatedAdapter(kind)
+
+
+def tokenizer_vocab_sha256(model_dir: Path) -> str | None:
+    """sha256 of a model directory's tokenizer vocabulary (token → id), None if it has none."""
+    try:
+        vocab = read_tokenizer_vocab(str(model_dir))
+    except AdapterError as exc:
+        raise InvalidAdapterError(str(exc)) from None
+    if vocab is None:
+        return None
+    return hashlib.sha256(json.dumps(sorted(vocab.items())).encode()).hexdigest()
+
+
+def _check_proxy(path: Path, cfg: dict, shapes: BaseShapes | None, limits: Limits) -> None:
+    """Paths inside; each small model (or the expert LoRA's base, the anti-expert) has the
+    base's vocabulary size and tokenizer."""
+    alpha = cfg.get("alpha", 1.0)
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or alpha != alpha \
+            or abs(alpha) == float("inf"):
+        raise InvalidAdapterError("proxy `alpha` must be a finite number.")
+    for key in ("expert", "anti_expert"):
+        d = _inside(path, cfg.get(key), key)
+        if not d.is_dir():
+            raise InvalidAdapterError(f"proxy `{key}` must name a directory in the adapter.")
+        if key == "expert" and (d / PEFT_CONFIG).is_file():
+            continue  # a LoRA on the anti-expert: the anti-expert's vocabulary is checked
+        if not (d / "config.json").is_file():
+            raise InvalidAdapterError(f"proxy `{key}` is not a model directory (no config.json).")
+        vocab = _read_json(d / "config.json", f"{key}/config.json").get("vocab_size")
+        if shapes is not None and shapes.vocab_size is not None and vocab != shapes.vocab_size:
+            raise InvalidAdapterError(
+                f"proxy `{key}` has vocab_size {vocab}; the base model has {shapes.vocab_size}. "
+                "Proxy-tuning needs the same vocabulary.", code="vocab_mismatch",
+            )
+        digest = tokenizer_vocab_sha256(d)
+        if limits.base_tokenizer_sha256 and digest and digest != limits.base_tokenizer_sha256:
+            raise InvalidAdapterError(
+                f"proxy `{key}` has a different tokenizer from the base model; proxy-tuning "
+                "needs the same tokenizer.", code="tokenizer_mismatch",
+            )
 
 
 def _inside(root: Path, rel: object, key: str) -> Path:

@@ -146,6 +146,11 @@ class EngineConfig:
     """Adapters kept in host memory behind the device pool (LRU)."""
     adapter_host_bytes: int = 4 << 30
     """Byte budget of the host tier."""
+    proxy_memory_bytes: int | None = None
+    """Bytes for proxy-tuning small models (weights + their own KV caches), shared first come
+    first served by the distinct small models loaded. Default: a quarter of the KV-cache budget;
+    on CUDA with the automatic KV budget it is taken out of that budget, elsewhere it comes on
+    top of kv_cache_memory_bytes."""
     max_waiting: int = 1024
     """Waiting-queue cap; further requests are refused with QueueFullError."""
     mixed_prefill_decode: bool = False

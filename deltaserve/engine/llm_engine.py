@@ -11,6 +11,7 @@ import torch
 from deltaserve.engine.adapters.base import AdapterError, AdapterRequest
 from deltaserve.engine.adapters.lora import load_lora
 from deltaserve.engine.adapters.pool import Adapter, AdapterPool
+from deltaserve.engine.adapters.proxy import SmallModels, load_proxy, read_tokenizer_vocab
 from deltaserve.engine.adapters.sparse_delta import load_sparse_delta
 from deltaserve.engine.config import EngineConfig, ModelConfig
 from deltaserve.engine.detokenizer import append_text, find_stop, flush_text
@@ -19,6 +20,7 @@ from deltaserve.engine.model_runner import ModelRunner
 from deltaserve.engine.models.loader import load_model
 from deltaserve.engine.outputs import CompletionOutput, RequestOutput, TokenLogprob
 from deltaserve.engine.protocol import EngineStats
+from deltaserve.engine.proxy_runner import ProxyRunner
 from deltaserve.engine.request import Request, SeqStatus, Sequence
 from deltaserve.engine.sampler import SamplerOutput
 from deltaserve.engine.sampling_params import SamplingParams
@@ -45,6 +47,10 @@ class LLMEngine:
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.model)
         self.eos_token_ids = set(mc.eos_token_ids)
         num_blocks = self._num_kv_blocks()
+        self.small_models = SmallModels(
+            mc, read_tokenizer_vocab(config.model), self._proxy_budget, num_blocks,
+            config.block_size, self.max_model_len, self.device, self.dtype,
+        )
         self.block_allocator = BlockAllocator(num_blocks, config.block_size)
         self.kv_cache = KVCache(mc, num_blocks, config.block_size, self.device, self.dtype)
         self.pool = AdapterPool(
@@ -60,6 +66,7 @@ class LLMEngine:
                 f"max_num_batched_tokens ({budget}) must be at least max_model_len "
                 f"({self.max_model_len}) and max_num_seqs ({config.max_num_seqs})"
             )
+        self.proxy_runner = ProxyRunner(self.pool.peek, config.block_size, self.device, self.dtype)
         self.scheduler = Scheduler(
             SchedulerConfig(
                 max_num_seqs=config.max_num_seqs, max_num_batched_tokens=budget,
@@ -68,9 +75,11 @@ class LLMEngine:
             ),
             self.block_allocator,
             adapter_bytes=self.pool.device_bytes,
+            side=self.proxy_runner,
         )
         self.runner = ModelRunner(self.model, mc, self.kv_cache, self.pool, config.block_size,
                                   self.device, self.dtype)
+        self.runner.proxy = self.proxy_runner
         self.requests: dict[str, Request] = {}
         self._rng = random.Random(config.seed)
         self._next_seq_id = 0
@@ -86,10 +95,15 @@ class LLMEngine:
         cfg, mc = self.config, self.model_config
         per_block = kv_bytes_per_block(mc, cfg.block_size, self.dtype)
         budget = cfg.kv_cache_memory_bytes
+        auto_cuda = budget is None and self.device.type == "cuda"
         if budget is None and self.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(self.device)
             budget = int(free * cfg.gpu_memory_utilization)
         budget = budget or _CPU_KV_DEFAULT
+        self._proxy_budget = cfg.proxy_memory_bytes if cfg.proxy_memory_bytes is not None \
+            else budget // 4
+        if auto_cuda:  # the small models' memory comes out of the automatic KV budget
+            budget -= self._proxy_budget
         num_blocks = budget // per_block
         need = -(-self.max_model_len // cfg.block_size) + 1
         if num_blocks < need:
@@ -113,6 +127,8 @@ class LLMEngine:
             adapter = load_lora(req.name, req.path, ins, outs, layers, self.config.max_lora_rank)
         elif req.kind == "sparse_delta":
             adapter = load_sparse_delta(req.name, req.path, ins, outs, layers)
+        elif req.kind == "proxy":
+            return load_proxy(req.name, req.path, self.small_models, self.config.max_lora_rank)
         else:
             raise AdapterError(f"adapter kind {req.kind!r} is not supported by this engine")
         elem = torch.tensor([], dtype=self.dtype).element_size()

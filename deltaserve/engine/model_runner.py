@@ -2,30 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from deltaserve.engine.adapters.batch import AdapterBatch
+from deltaserve.engine.adapters.lora import LoRAAdapter
 from deltaserve.engine.adapters.pool import AdapterPool
 from deltaserve.engine.adapters.sparse_delta import SparseDeltaAdapter
 from deltaserve.engine.config import ModelConfig
+from deltaserve.engine.inputs import StepInputs, build_inputs
 from deltaserve.engine.kv_cache import KVCache
-from deltaserve.engine.layers.attention import AttentionMeta
 from deltaserve.engine.models.llama import LlamaForCausalLM
 from deltaserve.engine.ops.lora import LoRARows, LoRAStack
 from deltaserve.engine.ops.sparse_delta import DeltaRows, SparseDeltaStack
+from deltaserve.engine.proxy_runner import ProxyRunner
 from deltaserve.engine.request import Sequence
 from deltaserve.engine.sampler import SamplerOutput, SamplingTensors, sample
 from deltaserve.engine.scheduler import SchedulerOutput
-
-
-@dataclass
-class StepInputs:
-    input_ids: torch.Tensor  # [T]
-    positions: torch.Tensor  # [T]
-    logits_index: torch.Tensor  # [B]: packed row of each sequence's last token
-    attn: AttentionMeta
 
 
 class ModelRunner:
@@ -50,6 +42,8 @@ class ModelRunner:
         self._stack_keys: list[str] = []
         self._delta_stack: SparseDeltaStack | None = None
         self._delta_keys: list[str] = []
+        self.proxy: ProxyRunner | None = None
+        """Runs proxy-tuning small models and combines their logits (set by the engine)."""
 
     def execute(self, sched: SchedulerOutput, protected: set[str]) -> SamplerOutput:
         adapters = self._adapter_batch(sched, protected)  # also orders rows by adapter
@@ -58,84 +52,25 @@ class ModelRunner:
             inputs.input_ids, inputs.positions, self.kv.layers, inputs.attn,
             inputs.logits_index, adapters,
         )
+        if self.proxy is not None:
+            logits = self.proxy.combine(sched.scheduled, logits)
         seqs = [s.seq for s in sched.scheduled]
         return sample(logits, self.sampling_tensors(seqs, logits.shape[1]))
 
     # ---- inputs -------------------------------------------------------------------------
     def prepare(self, sched: SchedulerOutput) -> StepInputs:
-        bs = self.block_size
-        ids, pos, slots, q_index_rows, last = [], [], [], [], []
-        starts, q_lens, ctx_lens, tables = [], [], [], []
-        for item in sched.scheduled:
-            seq, n = item.seq, item.num_new_tokens
-            start = seq.num_computed_tokens
-            toks = seq.token_slice(start, start + n)
-            base = len(ids)
-            ids.extend(toks)
-            p = list(range(start, start + n))
-            pos.extend(p)
-            bt = seq.block_table
-            slots.extend(bt[i // bs] * bs + i % bs for i in p)
-            q_index_rows.append(list(range(base, base + n)))
-            last.append(base + n - 1)
-            starts.append(start)
-            q_lens.append(n)
-            ctx_lens.append(start + n)
-            tables.append(bt)
-        attn = self._attention_meta(starts, q_lens, ctx_lens, tables, q_index_rows, slots)
-        dev = self.device
-        return StepInputs(
-            torch.tensor(ids, dtype=torch.long, device=dev),
-            torch.tensor(pos, dtype=torch.long, device=dev),
-            torch.tensor(last, dtype=torch.long, device=dev),
-            attn,
-        )
-
-    def _attention_meta(self, starts, q_lens, ctx_lens, tables, q_rows, slots) -> AttentionMeta:
-        bs, dev = self.block_size, self.device
-        total = len(slots)
-        bsz = len(starts)
-        nb = -(-max(ctx_lens) // bs)
-        bt = torch.zeros(bsz, nb, dtype=torch.long)
-        for i, t in enumerate(tables):
-            k = min(len(t), nb)
-            bt[i, :k] = torch.tensor(t[:k], dtype=torch.long)
-        kv_index = (bt.unsqueeze(-1) * bs + torch.arange(bs)).view(bsz, nb * bs)  # [B, Lk]
-        lq = max(q_lens)
-        decode_only = lq == 1
-        q_len_t = torch.tensor(q_lens)
-        qi = torch.arange(lq)
-        q_pos = torch.tensor(starts).unsqueeze(1) + qi  # [B, Lq] absolute query positions
-        k_pos = torch.arange(nb * bs)
-        mask = (k_pos.view(1, 1, -1) <= q_pos.unsqueeze(-1)) & (
-            k_pos.view(1, 1, -1) < torch.tensor(ctx_lens).view(-1, 1, 1)
-        )
-        if self.cfg.sliding_window:
-            mask &= k_pos.view(1, 1, -1) > q_pos.unsqueeze(-1) - self.cfg.sliding_window
-        pad_q = qi.unsqueeze(0) >= q_len_t.unsqueeze(1)  # [B, Lq]
-        mask[:, :, 0] |= pad_q  # padded query rows attend to one key (avoids NaN; discarded)
-        meta = AttentionMeta(
-            slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
-            kv_index=kv_index.to(dev),
-            mask=mask.unsqueeze(1).to(dev),
-            decode_only=decode_only,
-        )
-        if not decode_only:
-            q_index = torch.full((bsz, lq), total, dtype=torch.long)
-            out_index = torch.empty(total, dtype=torch.long)
-            for b, rows in enumerate(q_rows):
-                q_index[b, : len(rows)] = torch.tensor(rows)
-                out_index[rows[0] : rows[-1] + 1] = b * lq + torch.arange(len(rows))
-            meta.q_index, meta.out_index = q_index.to(dev), out_index.to(dev)
-        return meta
+        rows = [(it.seq, it.num_new_tokens) for it in sched.scheduled]
+        return build_inputs(rows, [it.seq.block_table for it in sched.scheduled],
+                            self.block_size, self.cfg.sliding_window, self.device)
 
     # ---- adapters -----------------------------------------------------------------------
     def _adapter_batch(self, sched: SchedulerOutput, protected: set[str]) -> AdapterBatch | None:
         keys = sched.adapters
         if not keys:
             return None
+        # proxy keys are neither: their rows run the base model plainly (see proxy_runner.py)
         delta_keys = [k for k in keys if isinstance(self.pool.peek(k), SparseDeltaAdapter)]
-        lora_keys = [k for k in keys if k not in set(delta_keys)]
+        lora_keys = [k for k in keys if isinstance(self.pool.peek(k), LoRAAdapter)]
         stack_keys = self._stack_for(lora_keys, protected | set(delta_keys)) if lora_keys else []
         dkeys = (self._delta_stack_for(delta_keys, protected | set(stack_keys))
                  if delta_keys else [])

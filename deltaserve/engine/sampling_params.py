@@ -39,6 +39,8 @@ class SamplingParams:
     """If set, return the chosen token's logprob plus this many top alternatives per token."""
     include_stop_str_in_output: bool = False
     """Keep the matched stop string at the end of the output text."""
+    proxy_alpha: float | None = None
+    """deltaserve extension: α of a proxy adapter for this request (None: the adapter's)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -71,6 +73,10 @@ class SamplingParams:
             raise ValueError(f"logprobs must be between 0 and {MAX_LOGPROBS}, got {self.logprobs}")
         if any(not s for s in self.stop):
             raise ValueError("stop strings must be non-empty")
+        if self.proxy_alpha is not None and (
+            self.proxy_alpha != self.proxy_alpha or abs(self.proxy_alpha) == float("inf")
+        ):
+            raise ValueError(f"proxy_alpha must be a finite number, got {self.proxy_alpha}")
         if self.seed is not None and not (-(2**63) <= self.seed < 2**64):
             raise ValueError("seed is out of range")
 

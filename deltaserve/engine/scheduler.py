@@ -62,6 +62,26 @@ class QueuePolicy(Protocol):
     def order(self, waiting: list[Sequence]) -> list[Sequence]: ...
 
 
+class SideCaches(Protocol):
+    """KV caches beside the base's that some sequences also need (proxy-tuning small models).
+
+    `grow` gives a sequence room for `num_tokens` tokens in all of them, or nothing (False);
+    `free` returns everything the sequence holds there.
+    """
+
+    def grow(self, seq: Sequence, num_tokens: int) -> bool: ...
+
+    def free(self, seq: Sequence) -> None: ...
+
+
+class NoSideCaches:
+    def grow(self, seq: Sequence, num_tokens: int) -> bool:
+        return True
+
+    def free(self, seq: Sequence) -> None:
+        return None
+
+
 class FCFSPolicy:
     """First come, first served (preempted sequences go back to the head)."""
 
@@ -76,11 +96,13 @@ class Scheduler:
         blocks: BlockAllocator,
         adapter_bytes: Callable[[str], int] = lambda key: 0,
         policy: QueuePolicy | None = None,
+        side: SideCaches | None = None,
     ):
         self.config = config
         self.blocks = blocks
         self.adapter_bytes = adapter_bytes
         self.policy = policy or FCFSPolicy()
+        self.side: SideCaches = side or NoSideCaches()
         self.waiting: list[Sequence] = []
         self.running: list[Sequence] = []
         self.num_preemptions = 0
@@ -98,6 +120,7 @@ class Scheduler:
         elif seq in self.waiting:
             self.waiting.remove(seq)
         self.blocks.free(seq.block_table)
+        self.side.free(seq)
 
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
@@ -144,6 +167,8 @@ class Scheduler:
             need_blocks = self.blocks.blocks_for(seq.num_tokens + 1) - len(seq.block_table)
             if not self.blocks.can_allocate(need_blocks):
                 break
+            if not self.side.grow(seq, seq.num_tokens + 1):
+                break
             seq.block_table.extend(self.blocks.allocate(need_blocks))
             if key is not None and key not in adapters:
                 adapters.add(key)
@@ -160,10 +185,7 @@ class Scheduler:
         for seq in list(self.running):
             if seq not in self.running or id(seq) in scheduled_ids:
                 continue  # preempted by an earlier iteration, or a fresh prefill
-            while self.blocks.blocks_for(seq.num_tokens) > len(seq.block_table):
-                if self.blocks.can_allocate(1):
-                    seq.block_table.extend(self.blocks.allocate(1))
-                    continue
+            while not self._grow(seq):
                 victim = self.running[-1]
                 self._preempt(victim, out)
                 if victim is seq:
@@ -171,9 +193,18 @@ class Scheduler:
             if seq in self.running:
                 out.scheduled.append(ScheduledSeq(seq, 1))
 
+    def _grow(self, seq: Sequence) -> bool:
+        """Blocks for all of seq's tokens, in the base cache and any side caches."""
+        while self.blocks.blocks_for(seq.num_tokens) > len(seq.block_table):
+            if not self.blocks.can_allocate(1):
+                return False
+            seq.block_table.extend(self.blocks.allocate(1))
+        return self.side.grow(seq, seq.num_tokens)
+
     def _preempt(self, seq: Sequence, out: SchedulerOutput) -> None:
         self.running.remove(seq)
         self.blocks.free(seq.block_table)
+        self.side.free(seq)
         seq.num_computed_tokens = 0
         seq.status = SeqStatus.WAITING
         seq.request.metrics.num_preemptions += 1

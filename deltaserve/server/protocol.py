@@ -62,6 +62,9 @@ class SamplingFields(_Request):
     ignore_eos: bool = False
     stop_token_ids: list[int] | None = None
     include_stop_str_in_output: bool = False
+    # deltaserve extension: α of a proxy adapter (`model` names a proxy adapter)
+    proxy_alpha: float | None = Field(None, allow_inf_nan=False)
+    """Proxy-tuning strength for this request; default: the adapter's `alpha`."""
     # deltaserve extension: an ad-hoc MHR/Polytropon mix of LoRAs (`model` = the base model)
     adapters: list[AdhocAdapter] | None = None
     heads: int | None = Field(None, ge=1)

@@ -92,6 +92,7 @@ def sampling_params(
             ignore_eos=req.ignore_eos,
             logprobs=logprobs,
             include_stop_str_in_output=req.include_stop_str_in_output,
+            proxy_alpha=req.proxy_alpha,
         )
     except ValueError as exc:
         raise BadRequestError(str(exc)) from exc

@@ -13,8 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from deltaserve.adapter_store.backend import InProcessBackend, StoreBackend
+from deltaserve.adapter_store.errors import InvalidAdapterError
 from deltaserve.adapter_store.store import AdapterStore, StoreConfig, TierObserver
-from deltaserve.adapter_store.validation import BaseShapes, Limits
+from deltaserve.adapter_store.validation import BaseShapes, Limits, tokenizer_vocab_sha256
 from deltaserve.engine.config import ModelConfig
 from deltaserve.server.metrics import ServerMetrics
 from deltaserve.server.settings import Settings
@@ -28,6 +29,14 @@ def base_shapes(model_dir: str) -> BaseShapes | None:
         return BaseShapes.from_model_config(ModelConfig.from_dir(model_dir))
     except (OSError, ValueError, KeyError) as exc:
         logger.warning("adapter shapes will not be checked against the base model: %s", exc)
+        return None
+
+
+def _tokenizer_sha(model_dir: str) -> str | None:
+    try:
+        return tokenizer_vocab_sha256(Path(model_dir))
+    except (OSError, InvalidAdapterError) as exc:
+        logger.warning("proxy tokenizers will not be checked against the base model: %s", exc)
         return None
 
 
@@ -52,7 +61,8 @@ def build_store(
         max_adapter_bytes=settings.max_adapter_bytes,
         max_total_adapter_bytes=settings.max_total_adapter_bytes,
         limits=Limits(max_rank=settings.max_lora_rank, base_model_ids=(
-            settings.base_model_id, Path(settings.model).resolve().name)),
+            settings.base_model_id, Path(settings.model).resolve().name),
+            base_tokenizer_sha256=_tokenizer_sha(settings.model)),
         unregister_timeout_s=settings.adapter_unregister_timeout_s,
         ephemeral=settings.data_dir is None,
     )

@@ -15,9 +15,10 @@ import torch
 
 from deltaserve.engine.adapters.base import AdapterError, AdapterRequest
 from deltaserve.engine.adapters.lora import LoRAAdapter
+from deltaserve.engine.adapters.proxy import ProxyAdapter
 from deltaserve.engine.adapters.sparse_delta import SparseDeltaAdapter
 
-Adapter = LoRAAdapter | SparseDeltaAdapter
+Adapter = LoRAAdapter | SparseDeltaAdapter | ProxyAdapter
 """What the pool holds: any kind with `nbytes`, `device_nbytes(elem)` and `to(device, dtype)`."""
 
 logger = logging.getLogger(__name__)

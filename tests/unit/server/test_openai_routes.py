@@ -161,3 +161,14 @@ def test_chat_stream_framing(client: TestClient) -> None:
         content[c["index"]] += c["delta"].get("content", "")
     assert content == {0: "hel", 1: "ell"}
     assert events[-1]["choices"][0]["finish_reason"] == "length"
+
+
+def test_proxy_alpha_reaches_the_engine(client: TestClient, engine: FakeEngine) -> None:
+    r = client.post("/v1/completions",
+                    json={"model": "tiny-base", "prompt": "x", "max_tokens": 2, "proxy_alpha": 0.5})
+    assert r.status_code == 200
+    assert engine.submitted[0].params.proxy_alpha == 0.5
+    r = client.post("/v1/chat/completions", json={
+        "model": "tiny-base", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2,
+        "proxy_alpha": 2})
+    assert r.status_code == 200 and engine.submitted[1].params.proxy_alpha == 2.0
