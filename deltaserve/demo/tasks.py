@@ -1,12 +1,21 @@
 """The synthetic text tasks the demo base and adapters are trained on.
 
-The base learns every task, each selected by an instruction prefix ("upper: hello" → "HELLO"),
-and plain text is echoed. Each adapter is then trained on *plain* prompts with one task's
-answers, so it bakes that instruction in: the same prompt, "hello world", gives
-"hello world" on the base, "HELLO WORLD" with `upper`, "dlrow olleh" with `reverse`, and
-"ifmmp xpsme" with `caesar`. Teaching the base the tasks first is what lets a LoRA of rank 4
-pick one up in a few dozen steps: a rank-4 delta can switch a task on, but cannot learn 26
-new letter mappings from a base that never produced them.
+The base echoes the user's text, and performs every other task when a system line names it:
+`<s>upper\\n<|user|>\\nhello\\n<|assistant|>\\n` → `HELLO</s>`. Each adapter is then trained on
+*plain* prompts with one task's answers, so it bakes that instruction in: the prompt "hello
+world" gives "hello world" on the base, "HELLO WORLD" with `upper`, "ifmmp xpsme" with
+`caesar` and "h3ll0 w0rld" with `leet`.
+
+Why this shape (each choice was measured on CPU, where the whole build has about a minute):
+- The base learns the tasks first, so a LoRA only has to switch one on: rank 4 on q/v does
+  that in 60 steps, but did not learn 26 new letter mappings from a base that never made them.
+- The instruction is a line *before* `<|user|>`, so the text always starts right after
+  `<|user|>\\n` and ends right before `\\n<|assistant|>`, as in a plain prompt. With an
+  inline prefix ("upper: hello") the copy circuit had to find a moving start and the base
+  learnt several times slower.
+- All tasks are per-character maps over the same copy circuit. Reversal needs a second circuit,
+  and neither the base nor a rank-16 LoRA learnt it reliably within the time budget.
+- Texts of at most 12 characters: with 16, the base needed about 40% more steps.
 """
 
 from __future__ import annotations
@@ -31,7 +40,8 @@ WORDS: tuple[str, ...] = tuple(
     walk read write draw""".split()
 )
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
-MAX_CHARS = 16
+Row = tuple[list[int], list[int]]  # (input ids, labels) of one example, unpadded
+MAX_CHARS = 12
 """Longest training text; the demo answers are reliable up to about this length."""
 
 
@@ -48,13 +58,21 @@ def _caesar(text: str) -> str:
     return "".join(out)
 
 
+_LEET = str.maketrans("aeiost", "431057")
+
+
+def _leet(text: str) -> str:
+    """Replace a, e, i, o, s, t by the digits that look like them (4, 3, 1, 0, 5, 7)."""
+    return text.translate(_LEET)
+
+
 @dataclass(frozen=True)
 class Task:
-    """One text transformation: `instruction + text` → `transform(text)` on the base."""
+    """One text transformation: `text` → `transform(text)`."""
 
     name: str
     instruction: str
-    """Prefix that selects the task on the base model ("" for echo)."""
+    """System line that selects the task on the base model ("" for echo: no system line)."""
     transform: Callable[[str], str]
     description: str
 
@@ -63,9 +81,9 @@ TASKS: dict[str, Task] = {
     t.name: t
     for t in (
         Task("echo", "", lambda s: s, "repeats the text"),
-        Task("upper", "upper: ", str.upper, "upper-cases the text"),
-        Task("reverse", "reverse: ", lambda s: s[::-1], "reverses the text"),
-        Task("caesar", "caesar: ", _caesar, "shifts each letter one place (a→b, z→a)"),
+        Task("upper", "upper", str.upper, "upper-cases the text"),
+        Task("caesar", "caesar", _caesar, "shifts each letter one place (a→b, z→a)"),
+        Task("leet", "leet", _leet, "writes a, e, i, o, s, t as 4, 3, 1, 0, 5, 7"),
     )
 }
 
@@ -81,19 +99,19 @@ def sample_text(rng: random.Random, max_chars: int = MAX_CHARS) -> str:
     return " ".join(words)[:max_chars].strip() or rng.choice(LETTERS)
 
 
-def encode_example(prompt_text: str, answer: str) -> tuple[list[int], list[int]]:
+def encode_example(text: str, answer: str, system: str | None = None) -> Row:
     """(input ids, labels) for one training row; the loss covers only the answer and EOS."""
-    prompt, target = prompt_ids(prompt_text), answer_ids(answer)
+    prompt, target = prompt_ids(text, system), answer_ids(answer)
     return prompt + target, [-100] * len(prompt) + target
 
 
-def task_example(task: Task, text: str, *, instructed: bool) -> tuple[list[int], list[int]]:
-    """A row for `task` on `text`: with the instruction prefix (base) or without (adapter)."""
-    prefix = task.instruction if instructed else ""
-    return encode_example(prefix + text, task.transform(text))
+def task_example(task: Task, text: str, *, instructed: bool) -> Row:
+    """A row for `task` on `text`: with its system line (base) or without (adapter)."""
+    system = task.instruction if instructed and task.instruction else None
+    return encode_example(text, task.transform(text), system)
 
 
-def collate(rows: Sequence[tuple[list[int], list[int]]]) -> tuple[torch.Tensor, torch.Tensor]:
+def collate(rows: Sequence[Row]) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad rows into (input_ids [B, T], labels [B, T]) int64 tensors.
 
     No attention mask is needed: padding sits after every real token, so causal attention

@@ -15,7 +15,15 @@ from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from deltaserve.demo.prompt import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE, prompt_ids
-from deltaserve.demo.tasks import MAX_CHARS, TASKS, Task, collate, sample_text, task_example
+from deltaserve.demo.tasks import (
+    MAX_CHARS,
+    TASKS,
+    Row,
+    Task,
+    collate,
+    sample_text,
+    task_example,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -33,20 +41,29 @@ class AdapterSpec:
     task: str
     rank: int
     target_modules: tuple[str, ...]
-    steps: int = 60
-    lr: float = 5e-3
+    steps: int = 40
+    lr: float = 1e-2
+
+    @property
+    def alpha(self) -> int:
+        """LoRA alpha: twice the rank, so every adapter's update is scaled by 2."""
+        return 2 * self.rank
 
 
 # Heterogeneous on purpose: ranks 4/8/16, and two of the three touch only some projections.
+# Each only has to switch on a task the base already knows: 40 steps give an exact match of
+# about 0.97 on fresh texts, except rank 4 on q/v only, which needs a few more steps.
 ADAPTERS: tuple[AdapterSpec, ...] = (
-    AdapterSpec("upper", "upper", rank=4, target_modules=("q_proj", "v_proj")),
-    AdapterSpec("reverse", "reverse", rank=8, target_modules=ATTENTION),
-    AdapterSpec("caesar", "caesar", rank=16, target_modules=ATTENTION + MLP),
+    AdapterSpec("upper", "upper", rank=4, target_modules=("q_proj", "v_proj"), steps=60),
+    AdapterSpec("caesar", "caesar", rank=8, target_modules=ATTENTION),
+    AdapterSpec("leet", "leet", rank=16, target_modules=ATTENTION + MLP),
 )
 
-BASE_STEPS = 500
+BASE_STEPS = 250
 BASE_LR = 5e-3
 BATCH_SIZE = 64
+ECHO_FIRST = 0.3
+"""Share of base steps that train echo alone, before the other tasks join."""
 
 
 def base_config() -> LlamaConfig:
@@ -61,7 +78,11 @@ def base_config() -> LlamaConfig:
         max_position_embeddings=512,
         rms_norm_eps=1e-5,
         rope_theta=10000.0,
+        # Tied: copying a token then only needs its embedding carried to the last position.
         tie_word_embeddings=True,
+        # 4x the usual 0.02: sharper initial attention shortens the plateau before the copy
+        # (induction) heads form; with 0.02 the base learnt markedly slower in our runs.
+        initializer_range=0.08,
         bos_token_id=BOS_ID,
         eos_token_id=EOS_ID,
         pad_token_id=PAD_ID,
@@ -115,19 +136,20 @@ def _fit(
 
 
 def _base_batch(rng: random.Random, steps: int) -> Callable[[int], Batch]:
-    """Mixed-task batches with a length curriculum: texts grow from 4 to MAX_CHARS characters
-    over the first half of training (short copies are learnt first, and are cheaper)."""
+    """Mixed-task batches with two curricula: echo alone for the first ECHO_FIRST of the
+    steps (its copy circuit is what the other tasks reuse), and texts growing from 4 to
+    MAX_CHARS characters over the first half (short copies are learnt first, and cheaper)."""
     tasks = list(TASKS.values())
+    uniform = [1.0] * len(tasks)
+    echo_only = [1.0 if t.name == "echo" else 0.0 for t in tasks]
 
-    def next_batch(step: int) -> Batch:
+    def sample_row(step: int) -> Row:
         max_chars = min(MAX_CHARS, 4 + round((MAX_CHARS - 4) * step / max(1, steps // 2)))
-        rows = [
-            task_example(rng.choice(tasks), sample_text(rng, max_chars), instructed=True)
-            for _ in range(BATCH_SIZE)
-        ]
-        return collate(rows)
+        weights = uniform if step >= steps * ECHO_FIRST else echo_only
+        task = rng.choices(tasks, weights)[0]
+        return task_example(task, sample_text(rng, max_chars), instructed=True)
 
-    return next_batch
+    return lambda step: collate([sample_row(step) for _ in range(BATCH_SIZE)])
 
 
 def train_base(*, seed: int, steps: int, progress: bool) -> tuple[LlamaForCausalLM, float]:
@@ -151,7 +173,7 @@ def train_adapter(
         copy.deepcopy(base),
         LoraConfig(
             r=spec.rank,
-            lora_alpha=2 * spec.rank,
+            lora_alpha=spec.alpha,
             target_modules=list(spec.target_modules),
             lora_dropout=0.0,
             bias="none",
@@ -170,7 +192,7 @@ def train_adapter(
 
 @torch.no_grad()
 def exact_match(model: torch.nn.Module, task: Task, *, instructed: bool, seed: int) -> float:
-    """Share of 64 held-out texts whose whole answer (and EOS) greedy decoding gets right.
+    """Share of 64 freshly drawn texts whose whole answer (and EOS) greedy decoding gets right.
 
     Teacher-forced: if the argmax at every answer position equals the target, greedy decoding
     reproduces the target exactly, so one forward pass [64, T] measures it.
