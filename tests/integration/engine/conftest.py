@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -36,8 +38,13 @@ def llama_loras(llama_dir, tmp_path_factory):
     return out
 
 
+# The oracle tests run on the CPU; benchmarks/gpu_checks.sh reruns them on CUDA with
+# DELTASERVE_TEST_DEVICE=cuda (the transformers/PEFT oracles stay on the CPU).
+TEST_DEVICE = os.environ.get("DELTASERVE_TEST_DEVICE", "cpu")
+
+
 def engine_for(model_dir: str, **kw) -> LLMEngine:
-    cfg = dict(model=model_dir, dtype="float32", device="cpu", kv_cache_memory_bytes=16 << 20,
+    cfg = dict(model=model_dir, dtype="float32", device=TEST_DEVICE, kv_cache_memory_bytes=16 << 20,
                max_loras=8)
     cfg.update(kw)
     return LLMEngine(EngineConfig(**cfg))

@@ -95,4 +95,4 @@ def _prefill_all_logits(eng, prompt: list[int]) -> torch.Tensor:
     logits = eng.model(inputs.input_ids, inputs.positions, eng.kv_cache.layers, inputs.attn,
                        torch.arange(len(prompt)))
     eng.block_allocator.free(seq.block_table)
-    return logits
+    return logits.cpu()
