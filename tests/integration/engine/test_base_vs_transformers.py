@@ -93,6 +93,6 @@ def _prefill_all_logits(eng, prompt: list[int]) -> torch.Tensor:
     sched = SchedulerOutput([ScheduledSeq(seq, len(prompt))])
     inputs = eng.runner.prepare(sched)
     logits = eng.model(inputs.input_ids, inputs.positions, eng.kv_cache.layers, inputs.attn,
-                       torch.arange(len(prompt)))
+                       torch.arange(len(prompt), device=eng.device))
     eng.block_allocator.free(seq.block_table)
     return logits.cpu()
