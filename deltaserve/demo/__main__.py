@@ -11,7 +11,7 @@ from collections.abc import Sequence
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m deltaserve.demo",
-        description="Train the demo base model and LoRA adapters (offline, ~1 min on CPU).",
+        description="Train the demo base model and its adapters (offline, ~1.5 min on CPU).",
     )
     parser.add_argument("--out", required=True, help="directory to write base/ and adapters/ to")
     parser.add_argument("--seed", type=int, default=0, help="training seed (default 0)")

@@ -5,7 +5,11 @@ Layout written (`.complete` last, so a directory holding it is a finished build)
     DIR/base/                 HF Llama directory: config.json, model.safetensors (fp32),
                               generation_config.json, tokenizer.json, tokenizer_config.json
     DIR/adapters/<name>/      PEFT LoRA: adapter_config.json, adapter_model.safetensors,
-                              README.md
+                              README.md (`upper8`: a fourth LoRA, the mix's second member)
+    DIR/adapters/shout/       sparse_delta (deltaserve compress, DARE) of a full fine-tune
+    DIR/adapters/upper-caesar[-fit]/  mix of caesar + upper8: uniform, and fitted (mix fit)
+    DIR/adapters/vowels/      proxy: anti/ (a small model trained like the base), expert/
+                              (see deltaserve/demo/extras.py)
     DIR/README.md             what each adapter does, example prompts and outputs
     DIR/demo.json             machine-readable summary: specs, metrics, examples, sha256s
     DIR/.complete
@@ -26,8 +30,17 @@ import torch
 from transformers import GenerationConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
 
+from deltaserve.demo.extras import (
+    EXTRA_TASKS,
+    MIX_MEMBER_SPEC,
+    PROXY_NAME,
+    SPARSE_NAME,
+    build_mixes,
+    build_proxy,
+    build_sparse_delta,
+)
 from deltaserve.demo.prompt import BOS_ID, EOS_ID, PAD_ID, demo_prompt, prompt_ids
-from deltaserve.demo.readme import render_adapter_card, render_readme
+from deltaserve.demo.readme import render_adapter_card, render_other_card, render_readme
 from deltaserve.demo.tasks import TASKS
 from deltaserve.demo.tokenizer import build_tokenizer, save_tokenizer
 from deltaserve.demo.train import (
@@ -59,7 +72,7 @@ def build(out_dir: str | Path, *, progress: bool = True, seed: int = 0, scale: f
     """Train the demo base model and adapters and write them under `out_dir`; returns its path.
 
     Offline and deterministic: the same `seed` on the same machine gives byte-identical
-    weights (training runs on one CPU thread, see `_THREADS`); takes under a minute. `scale`
+    weights (training runs on one CPU thread, see `_THREADS`); takes about 1.5 minutes. `scale`
     multiplies every training step count (tests use a small one to check determinism
     cheaply); the result is only a useful demo at 1.0. Existing `base/` and
     `adapters/<name>/` for the demo's adapter names are replaced; nothing else in `out_dir`
@@ -74,10 +87,14 @@ def build(out_dir: str | Path, *, progress: bool = True, seed: int = 0, scale: f
             _build_adapter(
                 base, spec, out, summary, seed=seed + 1 + i, scale=scale, progress=progress
             )
-            for i, spec in enumerate(ADAPTERS)
+            for i, spec in enumerate(LORAS)
         ]
+        summary["others"] = _build_others(base, out, summary, seed=seed, scale=scale,
+                                          progress=progress)  # fmt: skip
     weights = ["base/model.safetensors"]
-    weights += [f"adapters/{spec.name}/adapter_model.safetensors" for spec in ADAPTERS]
+    weights += [f"adapters/{spec.name}/adapter_model.safetensors" for spec in LORAS]
+    weights += [f"adapters/{SPARSE_NAME}/delta.safetensors"]
+    weights += [f"adapters/{PROXY_NAME}/{sub}/model.safetensors" for sub in ("anti", "expert")]
     for name in weights:
         # safetensors writes through a private (0600) temp file; a server running as another
         # user (the container's non-root one) must still be able to read the weights.
@@ -85,13 +102,48 @@ def build(out_dir: str | Path, *, progress: bool = True, seed: int = 0, scale: f
     summary["sha256"] = {name: _sha256(out / name) for name in weights}
     (out / "demo.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     (out / "README.md").write_text(render_readme(summary))
-    for spec in ADAPTERS:
+    for spec in LORAS:
         (out / "adapters" / spec.name / "README.md").write_text(
             render_adapter_card(summary, spec.name)
         )
+    for entry in summary["others"]:
+        (out / entry["path"] / "README.md").write_text(render_other_card(summary, entry["name"]))
     (out / COMPLETE_MARKER).write_text("ok\n")
     logger.info("demo written to %s", out)
     return out
+
+
+LORAS: tuple[AdapterSpec, ...] = (*ADAPTERS, MIX_MEMBER_SPEC)
+"""Every LoRA written: the demo's three, and `upper8`, the mix's second member."""
+
+
+def _build_others(
+    base: LlamaForCausalLM, out: Path, summary: dict, *, seed: int, scale: float, progress: bool
+) -> list[dict]:
+    """The sparse_delta, mix and proxy adapters (deltaserve/demo/extras.py)."""
+    def steps(n: int) -> int:
+        return _scaled(n, scale)
+
+    texts = EXAMPLE_TEXTS
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(out / "base"))
+    entries = [
+        build_sparse_delta(base, out / "base", out, DEMO_MODEL_NAME, seed=seed + 101,
+                           scale_steps=steps, texts=texts, progress=progress),
+        *build_mixes(base, tokenizer, out, seed=seed + 102, scale_steps=steps, texts=texts,
+                     progress=progress),
+        build_proxy(base, out / "base", out, seed=seed + 103, scale_steps=steps, texts=texts,
+                    progress=progress),
+    ]  # fmt: skip
+    for entry in entries:
+        task = EXTRA_TASKS.get(entry["task"] or "")
+        entry["description"] = (
+            task.description if task is not None
+            else "the uniform mix of " + " and ".join(f"`{m}`" for m in entry["inventory"])
+        )
+        summary["examples"][entry["name"]] = entry.pop("examples")
+        logger.info("adapter %s (%s): exact match on fresh texts: %.2f", entry["name"],
+                    entry["kind"], entry["exact_match"])  # fmt: skip
+    return entries
 
 
 def _build_base(

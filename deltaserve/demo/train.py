@@ -102,7 +102,7 @@ def _lr_factor(steps: int) -> Callable[[int], float]:
     return factor
 
 
-def _fit(
+def fit(
     model: torch.nn.Module,
     next_batch: Callable[[int], Batch],
     *,
@@ -152,13 +152,17 @@ def _base_batch(rng: random.Random, steps: int) -> Callable[[int], Batch]:
     return lambda step: collate([sample_row(step) for _ in range(BATCH_SIZE)])
 
 
-def train_base(*, seed: int, steps: int, progress: bool) -> tuple[LlamaForCausalLM, float]:
-    """Train the base from scratch on every task (instructed) and echo; returns (model, loss)."""
+def train_base(
+    *, seed: int, steps: int, progress: bool, config: LlamaConfig | None = None, desc: str = "base"
+) -> tuple[LlamaForCausalLM, float]:
+    """Train the base from scratch on every task (instructed) and echo; returns (model, loss).
+
+    `config` replaces `base_config()` (the proxy adapter's smaller model is trained this way)."""
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(base_config())
+    model = LlamaForCausalLM(config or base_config())
     rng = random.Random(seed)
-    loss = _fit(
-        model, _base_batch(rng, steps), steps=steps, lr=BASE_LR, desc="base", progress=progress
+    loss = fit(
+        model, _base_batch(rng, steps), steps=steps, lr=BASE_LR, desc=desc, progress=progress
     )
     return model, loss
 
@@ -186,7 +190,7 @@ def train_adapter(
         rows = [task_example(task, sample_text(rng), instructed=False) for _ in range(BATCH_SIZE)]
         return collate(rows)
 
-    loss = _fit(model, next_batch, steps=steps, lr=spec.lr, desc=spec.name, progress=progress)
+    loss = fit(model, next_batch, steps=steps, lr=spec.lr, desc=spec.name, progress=progress)
     return model, loss
 
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,9 +21,12 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from deltaserve.demo import CHAT_TEMPLATE, build, demo_prompt
+from deltaserve.demo.extras import MIX_FIT_NAME, MIX_NAME, PROXY_NAME, SPARSE_NAME
 from deltaserve.demo.prompt import BOS_ID, EOS_ID, PAD_ID, prompt_ids
 from deltaserve.demo.tasks import TASKS
 from deltaserve.demo.train import ADAPTERS
+
+OTHERS = (SPARSE_NAME, MIX_NAME, MIX_FIT_NAME, PROXY_NAME)
 
 pytestmark = [
     pytest.mark.slow,
@@ -180,10 +186,84 @@ def test_build_is_deterministic(tmp_path: Path, demo_dir: Path) -> None:
     second = build(tmp_path / "b", progress=False, scale=0.02)
     assert torch.get_num_threads() == threads  # the build restores the caller's setting
     weights = sorted(p.relative_to(first) for p in first.glob("**/*.safetensors"))
-    assert len(weights) == 1 + len(ADAPTERS)
+    # base, the LoRAs (+ the mix member upper8), the sparse delta, the proxy's two models
+    assert len(weights) == 1 + len(ADAPTERS) + 1 + 1 + 2
     for rel in weights:
         assert (first / rel).read_bytes() == (second / rel).read_bytes(), rel
     # The full build's recorded hashes describe the files it left.
     summary = json.loads((demo_dir / "demo.json").read_text())
     for rel, digest in summary["sha256"].items():
         assert hashlib.sha256((demo_dir / rel).read_bytes()).hexdigest() == digest, rel
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(demo_dir: Path) -> dict[str, list[str]]:
+    """Greedy completions of PROMPTS from the real server (`make run`'s settings) per model."""
+    import openai
+    import uvicorn
+
+    from deltaserve.server.app import create_app
+    from deltaserve.server.settings import Settings
+
+    port = _free_port()
+    settings = Settings(model=str(demo_dir / "base"), adapter_dir=demo_dir / "adapters",
+                        served_model_name="demo", port=port, device="cpu")  # fmt: skip
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    with _one_thread():
+        thread.start()
+        deadline = time.monotonic() + 120
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+            time.sleep(0.05)
+        client = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=60
+        )
+        try:
+            return {
+                model: [
+                    client.completions.create(
+                        model=model, prompt=demo_prompt(p), max_tokens=16, temperature=0
+                    ).choices[0].text
+                    for p in PROMPTS
+                ]
+                for model in ("demo", *OTHERS)
+            }
+        finally:
+            server.should_exit = True
+            thread.join(timeout=30)
+
+
+def test_other_adapter_kinds_are_written(demo_dir: Path) -> None:
+    kinds = {
+        name: json.loads((demo_dir / "adapters" / name / "deltaserve_adapter.json").read_text())
+        for name in OTHERS
+    }
+    assert kinds[SPARSE_NAME]["kind"] == "sparse_delta"
+    assert kinds[SPARSE_NAME]["base_model"] == "demo"  # the id `make run` serves the base as
+    assert kinds[MIX_NAME]["kind"] == kinds[MIX_FIT_NAME]["kind"] == "mix"
+    assert kinds[MIX_FIT_NAME]["routing"] != kinds[MIX_NAME]["routing"]
+    for member in kinds[MIX_NAME]["inventory"]:
+        assert (demo_dir / "adapters" / member / "adapter_config.json").is_file()
+    assert kinds[PROXY_NAME]["kind"] == "proxy"
+    for sub in ("expert", "anti"):
+        assert (demo_dir / "adapters" / PROXY_NAME / sub / "model.safetensors").is_file()
+    readme = (demo_dir / "README.md").read_text()
+    assert all(f"`{name}`" in readme for name in OTHERS)
+
+
+def test_served_other_adapters_change_the_answer(served: dict[str, list[str]]) -> None:
+    """Through the real server: every sparse_delta / mix / proxy answer differs from the base's
+    on most prompts, and the base still echoes."""
+    assert sum(a == p for a, p in zip(served["demo"], PROMPTS, strict=True)) >= 2, served
+    for name in OTHERS:
+        changed = sum(a != b for a, b in zip(served[name], served["demo"], strict=True))
+        assert changed >= 2, (name, served)
