@@ -357,12 +357,18 @@ def update_readme(res: dict, cmd: str) -> None:
         "![miniature DARE table](results/darex/darex_table.png)",
         END,
     ])
-    text = README.read_text()
-    if START in text and END in text:
-        text = text[: text.index(START)] + body + text[text.index(END) + len(END):]
+    replace_section(README, START, END, SECTION, body)
+
+
+def replace_section(readme: Path, start: str, end: str, section: str, body: str) -> None:
+    """Put `body` (which starts with `start` and ends with `end`) in place of the marked
+    block of `readme`, or append it under heading `section` when the markers are missing."""
+    text = readme.read_text()
+    if start in text and end in text:
+        text = text[: text.index(start)] + body + text[text.index(end) + len(end):]
     else:
-        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{body}\n"
-    README.write_text(text)
+        text = text.rstrip("\n") + f"\n\n{section}\n\n{body}\n"
+    readme.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,7 +38,15 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.darex_table import answer, machine, prompt_ids, save, strings, train
+from benchmarks.darex_table import (
+    answer,
+    machine,
+    prompt_ids,
+    replace_section,
+    save,
+    strings,
+    train,
+)
 from tests.tiny import BOS, EOS, PAD, VOCAB
 
 ALPHAS = (0.5, 0.75, 1.0, 1.5, 2.0, 4.0)
@@ -309,12 +317,7 @@ def update_readme(res: dict, cmd: str) -> None:
         "![miniature proxy-tuning table](results/proxy/proxy_table.png)",
         END,
     ])
-    text = README.read_text()
-    if START in text and END in text:
-        text = text[: text.index(START)] + body + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{body}\n"
-    README.write_text(text)
+    replace_section(README, START, END, SECTION, body)
 
 
 def main(argv: list[str] | None = None) -> int:
