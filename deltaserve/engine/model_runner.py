@@ -143,10 +143,6 @@ class ModelRunner:
             self.device, self.dtype,
         )
 
-    def invalidate_adapters(self) -> None:
-        self._stack, self._stack_keys = None, []
-        self._delta_stack, self._delta_keys = None, []
-
     # ---- sampling -----------------------------------------------------------------------
     def sampling_tensors(self, seqs: list[Sequence], vocab: int) -> SamplingTensors:
         temps, top_p, top_k, seeds, steps = [], [], [], [], []
