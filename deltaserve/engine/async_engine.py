@@ -71,6 +71,10 @@ class AsyncLLMEngine:
     def set_adapter_load_observer(self, observer) -> None:
         self.engine.pool.on_load = observer
 
+    def set_tenant_weights(self, weights: dict[str, float]) -> None:
+        """Fairness weights per tenant (vtc queue policy); takes effect at the next step."""
+        self.engine.set_tenant_weights(weights)
+
     def stats(self) -> EngineStats:
         """Snapshot taken by the step thread after its last step (never blocks)."""
         return self._stats

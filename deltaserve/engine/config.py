@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -156,6 +156,11 @@ class EngineConfig:
     mixed_prefill_decode: bool = False
     """Put prefills and decodes in the same step (True) or give waiting prefills their own
     step first (False, the default: measured faster on CPU, see benchmarks/README.md)."""
+    queue_policy: str = "fcfs"
+    """fcfs | vtc: admission order of waiting requests. vtc is the Virtual Token Counter fair
+    queue over tenants (Sheng et al., OSDI 2024; FCFS within a tenant)."""
+    tenant_weights: dict[str, float] = field(default_factory=dict)
+    """vtc: tenant → share weight (absent tenants weigh 1)."""
     seed: int = 0
     """Seed for requests that do not carry one."""
     num_threads: int | None = None

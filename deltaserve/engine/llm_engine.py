@@ -24,12 +24,28 @@ from deltaserve.engine.proxy_runner import ProxyRunner
 from deltaserve.engine.request import Request, SeqStatus, Sequence
 from deltaserve.engine.sampler import SamplerOutput
 from deltaserve.engine.sampling_params import SamplingParams
-from deltaserve.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
+from deltaserve.engine.fairness import VTCPolicy
+from deltaserve.engine.scheduler import (
+    FCFSPolicy,
+    QueuePolicy,
+    Scheduler,
+    SchedulerConfig,
+    SchedulerOutput,
+)
 from deltaserve.engine.tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
 _CPU_KV_DEFAULT = 512 << 20
+
+
+def make_policy(config: EngineConfig) -> QueuePolicy:
+    """The queue policy `config.queue_policy` names."""
+    if config.queue_policy == "vtc":
+        return VTCPolicy(config.tenant_weights)
+    if config.queue_policy != "fcfs":
+        raise ValueError(f"queue_policy must be fcfs|vtc, got {config.queue_policy!r}")
+    return FCFSPolicy()
 
 
 class LLMEngine:
@@ -75,6 +91,7 @@ class LLMEngine:
             ),
             self.block_allocator,
             adapter_bytes=self.pool.device_bytes,
+            policy=make_policy(config),
             side=self.proxy_runner,
         )
         self.runner = ModelRunner(self.model, mc, self.kv_cache, self.pool, config.block_size,
@@ -139,6 +156,11 @@ class LLMEngine:
                 f"adapter pool ({self.pool.device_budget_bytes} bytes)"
             )
         return adapter
+
+    def set_tenant_weights(self, weights: dict[str, float]) -> None:
+        """New fairness weights (vtc policy; a no-op for fcfs). Safe from any thread."""
+        if isinstance(self.scheduler.policy, VTCPolicy):
+            self.scheduler.policy.set_weights(weights)
 
     # ---- requests -----------------------------------------------------------------------
     def add_request(

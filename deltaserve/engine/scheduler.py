@@ -57,9 +57,17 @@ class SchedulerOutput:
 
 
 class QueuePolicy(Protocol):
-    """Decides in which order waiting sequences are considered for admission."""
+    """Decides in which order waiting sequences are considered for admission.
+
+    `on_add` sees a sequence before it joins the queue, `on_scheduled` what each step
+    computes (a fairness policy charges its tenants there; see fairness.py).
+    """
 
     def order(self, waiting: list[Sequence]) -> list[Sequence]: ...
+
+    def on_add(self, seq: Sequence, waiting: list[Sequence], running: list[Sequence]) -> None: ...
+
+    def on_scheduled(self, scheduled: list[ScheduledSeq]) -> None: ...
 
 
 class SideCaches(Protocol):
@@ -88,6 +96,12 @@ class FCFSPolicy:
     def order(self, waiting: list[Sequence]) -> list[Sequence]:
         return list(waiting)
 
+    def on_add(self, seq: Sequence, waiting: list[Sequence], running: list[Sequence]) -> None:
+        return None
+
+    def on_scheduled(self, scheduled: list[ScheduledSeq]) -> None:
+        return None
+
 
 class Scheduler:
     def __init__(
@@ -110,6 +124,7 @@ class Scheduler:
     # ---- queue management -------------------------------------------------------------
     def add(self, seq: Sequence) -> None:
         seq.status = SeqStatus.WAITING
+        self.policy.on_add(seq, self.waiting, self.running)
         self.waiting.append(seq)
 
     def finish(self, seq: Sequence) -> None:
@@ -142,6 +157,7 @@ class Scheduler:
             if out.is_empty:
                 self._schedule_decodes(out)
         out.adapters = _distinct(s.seq.adapter_key for s in out.scheduled)
+        self.policy.on_scheduled(out.scheduled)
         return out
 
     def _admit(self, out: SchedulerOutput, budget: int) -> None:
