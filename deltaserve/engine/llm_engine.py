@@ -15,6 +15,7 @@ from deltaserve.engine.adapters.proxy import SmallModels, load_proxy, read_token
 from deltaserve.engine.adapters.sparse_delta import load_sparse_delta
 from deltaserve.engine.config import EngineConfig, ModelConfig
 from deltaserve.engine.detokenizer import append_text, find_stop, flush_text
+from deltaserve.engine.fairness import VTCPolicy
 from deltaserve.engine.kv_cache import BlockAllocator, KVCache, kv_bytes_per_block
 from deltaserve.engine.model_runner import ModelRunner
 from deltaserve.engine.models.loader import load_model
@@ -24,7 +25,6 @@ from deltaserve.engine.proxy_runner import ProxyRunner
 from deltaserve.engine.request import Request, SeqStatus, Sequence
 from deltaserve.engine.sampler import SamplerOutput
 from deltaserve.engine.sampling_params import SamplingParams
-from deltaserve.engine.fairness import VTCPolicy
 from deltaserve.engine.scheduler import (
     FCFSPolicy,
     QueuePolicy,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,7 +18,8 @@ from deltaserve.server.engine_factory import build_engine
 from deltaserve.server.errors import install_error_handlers
 from deltaserve.server.middleware import BodySizeLimitMiddleware
 from deltaserve.server.mixing import build_mixer, forget_member_content
-from deltaserve.server.routes import admin, health, openai_api
+from deltaserve.server.quota_http import RateLimitHeadersMiddleware
+from deltaserve.server.routes import admin, health, openai_api, tenants
 from deltaserve.server.settings import Settings
 from deltaserve.server.state import ServerState
 from deltaserve.server.store_factory import build_store
@@ -54,13 +56,33 @@ def create_app(
     app.include_router(openai_api.router)
     app.include_router(admin.router)
     app.include_router(health.router)
+    app.include_router(tenants.router)
     upload_limit = max(settings.max_body_bytes, settings.max_adapter_bytes + UPLOAD_OVERHEAD_BYTES)
     app.add_middleware(
         BodySizeLimitMiddleware,
         max_bytes=settings.max_body_bytes,
         streamed={"/v1/adapters": upload_limit},
     )
+    app.add_middleware(RateLimitHeadersMiddleware)
     return app
+
+
+def install_reload_signal(app: FastAPI) -> None:
+    """Reload --api-keys (keys, quotas, weights) on SIGHUP. Call from the main thread."""
+    state: ServerState = app.state.server
+
+    def on_hup(signum: int, frame: object) -> None:
+        if state.loop is not None:
+            state.loop.call_soon_threadsafe(_reload, state)
+        else:
+            _reload(state)
+
+    signal.signal(signal.SIGHUP, on_hup)
+
+
+def _reload(state: ServerState) -> None:
+    if state.reload_keys():
+        logger.info("reloaded %s", state.settings.api_keys)
 
 
 def _drop_adapter(state: ServerState, key: str) -> None:
@@ -121,6 +143,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     if hasattr(state.engine, "set_adapter_load_observer"):
         state.engine.set_adapter_load_observer(state.metrics.observe_adapter_load)
     await state.engine.start()
+    state.push_tenant_weights()
     state.ready = True
     logger.info("serving %s (context %d tokens)", state.base_model_id, state.engine.max_model_len)
     try:
@@ -134,3 +157,4 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         logger.info("engine stopped")
         if state.store is not None:
             await state.store.close()
+        await state.quotas.close()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from deltaserve.server.errors import AuthenticationError
+from deltaserve.server.tenants import UNLIMITED, TenantQuota, parse_tenants
 
 logger = logging.getLogger(__name__)
 
@@ -34,9 +35,27 @@ OPEN_PRINCIPAL = Principal(tenant=DEFAULT_TENANT, role="admin")
 class ApiKeyAuth:
     """Checks bearer keys against a key file; keys are held only as SHA-256 digests."""
 
-    def __init__(self, digests: dict[str, Principal] | None = None):
+    def __init__(
+        self,
+        digests: dict[str, Principal] | None = None,
+        tenants: dict[str, TenantQuota] | None = None,
+    ):
         self._digests = digests
         """sha256 hex → principal; None = authentication disabled."""
+        self.tenants: dict[str, TenantQuota] = tenants or {}
+        """Quotas and weights of the key file's `"tenants"` object."""
+
+    def quota(self, tenant: str) -> TenantQuota:
+        """`tenant`'s quotas (unlimited when the key file names none)."""
+        return self.tenants.get(tenant, UNLIMITED)
+
+    def known_tenants(self) -> set[str]:
+        """Tenants the key file names (the only values tenant metric labels take)."""
+        keyed = {p.tenant for p in (self._digests or {}).values()}
+        return keyed | set(self.tenants) | {DEFAULT_TENANT}
+
+    def weights(self) -> dict[str, float]:
+        return {t: q.weight for t, q in self.tenants.items()}
 
     @property
     def enabled(self) -> bool:
@@ -44,10 +63,15 @@ class ApiKeyAuth:
 
     @classmethod
     def from_file(cls, path: Path | None) -> ApiKeyAuth:
-        """Load `{"keys": [{"key" | "key_sha256", "tenant", "role"}]}`; None → open server."""
+        """Load `{"keys": [{"key" | "key_sha256", "tenant", "role"}], "tenants": {...}}`.
+
+        None → open server. Raises ValueError (or OSError) for a bad file.
+        """
         if path is None:
             return cls(None)
         data = json.loads(Path(path).read_text())
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a JSON object with 'keys'")
         digests: dict[str, Principal] = {}
         for i, entry in enumerate(data.get("keys", [])):
             if "key" in entry:
@@ -62,8 +86,9 @@ class ApiKeyAuth:
             if not entry.get("tenant"):
                 raise ValueError(f"{path}: keys[{i}] has no 'tenant'")
             digests[digest] = Principal(tenant=str(entry["tenant"]), role=role)
-        logger.info("loaded %d API keys from %s", len(digests), path)
-        return cls(digests)
+        tenants = parse_tenants(data.get("tenants"), str(path))
+        logger.info("loaded %d API keys, %d tenant quotas from %s", len(digests), len(tenants), path)
+        return cls(digests, tenants)
 
     def authenticate(self, authorization: str | None) -> Principal:
         """The caller behind an `Authorization` header value; raises AuthenticationError."""

@@ -148,7 +148,12 @@ def run_serve(settings: Settings) -> int:
     """`deltaserve serve`: run the HTTP server until SIGTERM/SIGINT, then drain and exit."""
     import uvicorn
 
-    from deltaserve.server.app import CUT_GRACE_S, create_app, start_draining
+    from deltaserve.server.app import (
+        CUT_GRACE_S,
+        create_app,
+        install_reload_signal,
+        start_draining,
+    )
 
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -174,6 +179,7 @@ def run_serve(settings: Settings) -> int:
         # uvicorn's own deadline comes after ours, so requests are cut cleanly by the app.
         timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s + CUT_GRACE_S + 1),
     )
+    install_reload_signal(app)
     DrainingServer(config).run()
     return 0
 

@@ -28,8 +28,16 @@ def engine_config(settings: Settings):  # -> deltaserve.engine.config.EngineConf
         max_lora_rank=settings.max_lora_rank,
         max_cpu_adapters=settings.max_cpu_adapters,
         max_waiting=settings.max_waiting,
+        queue_policy=queue_policy(settings),
         seed=settings.seed,
     )
+
+
+def queue_policy(settings: Settings) -> str:
+    """--queue-policy, where auto = fair (vtc) when API keys name tenants, else fcfs."""
+    if settings.queue_policy == "auto":
+        return "vtc" if settings.api_keys is not None else "fcfs"
+    return settings.queue_policy
 
 
 def build_engine(settings: Settings) -> EngineClient:

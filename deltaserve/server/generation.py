@@ -22,12 +22,14 @@ from deltaserve.engine.adapters.base import AdapterRequest
 from deltaserve.engine.outputs import RequestOutput
 from deltaserve.engine.sampling_params import SamplingParams
 from deltaserve.server.adapters import AdapterLease
+from deltaserve.server.auth import DEFAULT_TENANT
 from deltaserve.server.errors import (
     ClientClosedRequestError,
     ServiceUnavailableError,
     translate_engine_error,
 )
 from deltaserve.server.prompts import PromptInput
+from deltaserve.server.quotas import Reservation
 from deltaserve.server.sse import EventStreamResponse
 from deltaserve.server.state import ServerState
 
@@ -95,8 +97,11 @@ class GenerationRun:
         params: list[SamplingParams],
         adapter: AdapterRequest | None,
         lease: AdapterLease | None = None,
+        tenant: str = DEFAULT_TENANT,
+        reservation: Reservation | None = None,
     ):
-        """`lease` (if any) pins `adapter`'s version; it is released when the run closes."""
+        """`lease` (if any) pins `adapter`'s version; it is released when the run closes, and
+        the quota `reservation` (if any) is reconciled to the tokens really used."""
         assert state.engine is not None
         self.state = state
         self.engine = state.engine
@@ -112,6 +117,9 @@ class GenerationRun:
         self._stream: AsyncIterator[tuple[int, RequestOutput]] | None = None
         self._closed = False
         self._shutting_down = False
+        self.tenant = tenant
+        self.reservation = reservation
+        self._failed = False
         state.runs.add(self)
 
     def stream(self) -> AsyncIterator[tuple[int, RequestOutput]]:
@@ -122,7 +130,7 @@ class GenerationRun:
 
     async def _run(self) -> AsyncIterator[tuple[int, RequestOutput]]:
         iters = [
-            self.engine.generate(p.token_ids, sp, rid, self.adapter)
+            self.engine.generate(p.token_ids, sp, rid, self.adapter, tenant=self.tenant)
             for p, sp, rid in zip(self.prompts, self.params, self.engine_ids, strict=True)
         ]
         try:
@@ -134,6 +142,7 @@ class GenerationRun:
                     )
                 yield i, out
         except Exception as exc:
+            self._failed = True
             mapped = translate_engine_error(exc)
             if mapped is None:
                 raise
@@ -157,6 +166,11 @@ class GenerationRun:
             finish_reasons=[o.finish_reason or "abort" for o in out.outputs],
             ttft_s=None if first is None else first - self._arrival,
             e2e_s=now - self._arrival,
+        )
+        m = out.metrics
+        wait = None if m.first_scheduled_time is None else m.first_scheduled_time - m.arrival_time
+        self.state.metrics.tenants.record_tokens(
+            self.tenant, len(out.prompt_token_ids), sum(len(o.token_ids) for o in out.outputs), wait
         )
         if first is not None:
             for o in out.outputs:
@@ -205,6 +219,26 @@ class GenerationRun:
             self.state.runs.discard(self)
             if self.lease is not None:
                 self.lease.release()
+            self.state.metrics.tenants.record_outcome(self.tenant, self._outcome())
+            if self.reservation is not None:
+                await self.state.quotas.finish(self.reservation, self.tokens_used())
+
+    def _outcome(self) -> str:
+        if self._failed:
+            return "error"
+        done = all(
+            out is not None and out.finished and all(o.finish_reason != "abort" for o in out.outputs)
+            for out in self.last
+        )
+        return "success" if done else "abort"
+
+    def tokens_used(self) -> int:
+        """Prompt + generated tokens of every prompt that reached the engine."""
+        return sum(
+            len(out.prompt_token_ids) + sum(len(o.token_ids) for o in out.outputs)
+            for out in self.last
+            if out is not None
+        )
 
     async def first(self) -> tuple[int, RequestOutput]:
         """Wait for the first output (admission errors surface here, before any response)."""

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     disable_created_metrics,
     generate_latest,
@@ -149,6 +150,13 @@ class ServerMetrics:
         self._misses = dict.fromkeys(TIERS, 0)
         self._store_stats: Callable[[], dict[str, tuple[int, int]]] | None = None
         r.register(_EngineCollector(stats, self))
+        self.tenants = TenantMetrics(r)
+
+    def set_quota_fallback(self, active: bool) -> None:
+        """Quota counters fell back to local limits (Redis outage) or are shared again."""
+        self.tenants.fallback.set(1 if active else 0)
+        if active:
+            self.tenants.fallbacks.inc()
 
     def set_store_stats(self, stats: Callable[[], dict[str, tuple[int, int]]]) -> None:
         """The adapter store's (count, bytes) per tier it owns (redis, origin)."""
@@ -233,3 +241,56 @@ class ServerMetrics:
     def render(self) -> bytes:
         """The Prometheus text exposition of everything."""
         return generate_latest(self.registry)
+
+
+OUTCOMES = ("success", "abort", "error", "rejected")
+"""Request outcomes per tenant: finished, aborted (client gone, drain), failed, refused (429)."""
+
+
+class TenantMetrics:
+    """Per-tenant series; tenant labels come only from the API-key file (bounded)."""
+
+    def __init__(self, r: CollectorRegistry):
+        self.requests = Counter(
+            "deltaserve_tenant_requests", "HTTP generation requests per tenant by outcome.",
+            ["tenant", "outcome"], registry=r,
+        )  # fmt: skip
+        self.prompt_tokens = Counter(
+            "deltaserve_tenant_prompt_tokens", "Prompt tokens processed per tenant.",
+            ["tenant"], registry=r,
+        )  # fmt: skip
+        self.generation_tokens = Counter(
+            "deltaserve_tenant_generation_tokens", "Tokens generated per tenant.",
+            ["tenant"], registry=r,
+        )  # fmt: skip
+        self.rejections = Counter(
+            "deltaserve_tenant_rejections", "Requests refused (429) per tenant by limit.",
+            ["tenant", "limit"], registry=r,
+        )  # fmt: skip
+        self.queue_wait = Histogram(
+            "deltaserve_tenant_queue_wait_seconds",
+            "Time an engine request waited in the queue before its first step, per tenant.",
+            ["tenant"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.fallback = Gauge(
+            "deltaserve_quota_redis_fallback",
+            "1 while quota counters use local limits because Redis is unreachable.",
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "deltaserve_quota_redis_fallbacks", "Times quota counters fell back to local limits.",
+            registry=r,
+        )  # fmt: skip
+
+    def record_outcome(self, tenant: str, outcome: str) -> None:
+        self.requests.labels(tenant, outcome if outcome in OUTCOMES else "error").inc()
+
+    def record_rejection(self, tenant: str, limit: str) -> None:
+        self.rejections.labels(tenant, limit).inc()
+        self.requests.labels(tenant, "rejected").inc()
+
+    def record_tokens(self, tenant: str, prompt: int, generated: int, wait_s: float | None) -> None:
+        self.prompt_tokens.labels(tenant).inc(prompt)
+        self.generation_tokens.labels(tenant).inc(generated)
+        if wait_s is not None:
+            self.queue_wait.labels(tenant).observe(max(0.0, wait_s))

@@ -37,6 +37,7 @@ from deltaserve.server.protocol import (
     TopLogprob,
     UsageInfo,
 )
+from deltaserve.server.quota_http import open_run
 from deltaserve.server.sampling import check_unsupported, sampling_params
 from deltaserve.server.sse import event_stream, sse_data
 from deltaserve.server.state import ServerState
@@ -97,8 +98,8 @@ async def create_chat_completion(
         state, req, len(prompt.token_ids), max_tokens, logprobs, prompt_param="messages"
     )
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
-    lease = await acquire_for_request(state, req, principal)
-    run = GenerationRun(state, request_id, [prompt], [params], adapter, lease=lease)
+    run = await open_run(state, principal.tenant, raw, request_id, [prompt], [params], adapter,
+                         lambda: acquire_for_request(state, req, principal))  # fmt: skip
     return await respond(
         run,
         raw,

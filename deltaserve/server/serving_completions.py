@@ -32,6 +32,7 @@ from deltaserve.server.protocol import (
     CompletionResponse,
     UsageInfo,
 )
+from deltaserve.server.quota_http import open_run
 from deltaserve.server.sampling import check_unsupported, sampling_params
 from deltaserve.server.sse import event_stream, sse_data
 from deltaserve.server.state import ServerState
@@ -104,8 +105,8 @@ async def create_completion(
         sampling_params(state, req, len(p.token_ids), req.max_tokens, req.logprobs) for p in prompts
     ]
     request_id = f"cmpl-{uuid.uuid4().hex}"
-    lease = await acquire_for_request(state, req, principal)
-    run = GenerationRun(state, request_id, prompts, params, adapter, lease=lease)
+    run = await open_run(state, principal.tenant, raw, request_id, prompts, params, adapter,
+                         lambda: acquire_for_request(state, req, principal))  # fmt: skip
     return await respond(
         run,
         raw,

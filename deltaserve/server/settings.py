@@ -79,11 +79,18 @@ class Settings(BaseSettings):
         None, ge=1, description="Context length (prompt + generated tokens); default: the model's."
     )
     seed: int = Field(0, description="Engine seed for requests that do not set their own.")
+    queue_policy: Literal["auto", "fcfs", "vtc"] = Field(
+        "auto",
+        description="Order in which waiting requests are admitted: fcfs, or vtc (fair across "
+        "tenants by virtual token counters, weighted by the key file's tenant weights). "
+        "auto: vtc when --api-keys is set, else fcfs.",
+    )
     # --- tenancy -------------------------------------------------------------------------
     api_keys: Path | None = Field(
         None,
-        description='JSON file {"keys": [{"key" or "key_sha256", "tenant", "role": "user|admin"}]}; '
-        "unset = single-tenant, no authentication.",
+        description='JSON file {"keys": [{"key" or "key_sha256", "tenant", "role": "user|admin"}], '
+        '"tenants": {"<tenant>": {quotas, "weight"}}}; unset = single-tenant, no authentication. '
+        "Reloaded on SIGHUP.",
     )
     adapter_source_root: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,

@@ -23,6 +23,7 @@ from deltaserve.server.adapters import (
 from deltaserve.server.auth import ApiKeyAuth, Principal
 from deltaserve.server.errors import ModelNotFoundError, ServiceUnavailableError
 from deltaserve.server.metrics import ServerMetrics
+from deltaserve.server.quotas import QuotaService
 from deltaserve.server.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -63,9 +64,36 @@ class ServerState:
     token_text: dict[int, str] = field(default_factory=dict)
     """Cache of single-token decodes (logprobs)."""
     metrics: ServerMetrics = field(init=False)
+    quotas: QuotaService = field(init=False)
+    """Per-tenant quota counters (shared through Redis with --redis-url)."""
 
     def __post_init__(self) -> None:
         self.metrics = ServerMetrics(self.engine_stats)
+        self.quotas = QuotaService(
+            lambda tenant: self.auth.quota(tenant),
+            self.settings.redis_url,
+            on_fallback=self.metrics.set_quota_fallback,
+        )
+
+    def reload_keys(self) -> bool:
+        """Re-read --api-keys (SIGHUP): keys, quotas and weights; a bad file keeps the old one."""
+        if self.settings.api_keys is None:
+            return False
+        try:
+            auth = ApiKeyAuth.from_file(self.settings.api_keys)
+        except (OSError, ValueError) as exc:
+            logger.error("keeping the current API keys: reloading %s failed: %s",
+                         self.settings.api_keys, exc)  # fmt: skip
+            return False
+        self.auth = auth
+        self.push_tenant_weights()
+        return True
+
+    def push_tenant_weights(self) -> None:
+        """Hand the key file's tenant weights to the engine's fair queue (plain data)."""
+        setter = getattr(self.engine, "set_tenant_weights", None)
+        if setter is not None:
+            setter(self.auth.weights())
 
     @property
     def in_flight(self) -> int:
@@ -129,10 +157,15 @@ StateDep = Annotated[ServerState, Depends(get_state)]
 
 
 def get_principal(
-    state: StateDep, authorization: Annotated[str | None, Header()] = None
+    request: Request, state: StateDep, authorization: Annotated[str | None, Header()] = None
 ) -> Principal:
-    """The authenticated caller (401 without a valid key when keys are configured)."""
-    return state.auth.authenticate(authorization)
+    """The authenticated caller (401 without a valid key when keys are configured).
+
+    The tenant is left in the request's state: responses get its rate-limit headers.
+    """
+    principal = state.auth.authenticate(authorization)
+    request.state.tenant = principal.tenant
+    return principal
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

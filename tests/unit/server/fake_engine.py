@@ -89,6 +89,7 @@ class FakeEngine:
         params: SamplingParams,
         request_id: str,
         adapter: AdapterRequest | None = None,
+        tenant: str | None = None,
     ) -> AsyncIterator[RequestOutput]:
         if self.fail_with is not None:
             raise self.fail_with
