@@ -1,3 +1,75 @@
-"""Fixtures of the tenant tests: the tiny model (shared with the server tests)."""
+"""Fixtures of the tenant tests: the tiny model, and `deltaserve serve` as a real subprocess.
 
-from tests.integration.server.conftest import tiny_model  # noqa: F401  (fixture re-exported)
+A subprocess server keeps its GIL apart from the test's clients (the fairness test measures
+latencies under load) and can be restarted or sent SIGHUP like a deployed one.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.integration.server.conftest import (  # noqa: F401  (fixture re-exported)
+    BASE_ID,
+    TinyModel,
+    free_port,
+    tiny_model,
+)
+
+
+class ServerProcess:
+    """`python -m deltaserve.server.cli serve` on a free port, logging to a file."""
+
+    def __init__(self, model: TinyModel, workdir: Path, *args: str):
+        self.model = model
+        self.workdir = workdir
+        self.args = list(args)
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ServerProcess:
+        log = open(self.workdir / f"server-{self.port}.log", "ab")  # noqa: SIM115 - owned by Popen
+        cmd = [sys.executable, "-m", "deltaserve.server.cli", "serve", "--model",
+               str(self.model.base), "--served-model-name", BASE_ID, "--port", str(self.port),
+               *self.args]  # fmt: skip
+        env = {**os.environ, "DELTASERVE_DEVICE": "cpu", "OMP_NUM_THREADS": "1"}
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        log.close()
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(self.log())
+            time.sleep(0.1)
+
+    def log(self) -> str:
+        return (self.workdir / f"server-{self.port}.log").read_text(errors="replace")
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
