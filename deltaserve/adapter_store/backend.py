@@ -34,6 +34,10 @@ class BackendListener(Protocol):
         """The backend's complete view (after a (re)connect): converge to it."""
         ...
 
+    def on_tombstones(self, names: set[str]) -> None:
+        """Deleted --adapter-dir names the backend remembers (after a (re)connect)."""
+        ...
+
     def snapshot(self) -> list[tuple[AdapterManifest, Callable[[], bytes]]]:
         """This replica's shareable adapters with a way to read each blob (for re-seeding)."""
         ...

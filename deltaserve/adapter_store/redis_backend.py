@@ -7,6 +7,7 @@ Keys (all under `deltaserve:`):
 - `blob:<sha256>` — packed adapter content, TTL refreshed on every fetch (GETEX), so with
   `maxmemory-policy volatile-lru` Redis evicts only blobs, never the registry;
 - `lock:<sha256>` — SET NX PX: one replica fetches a blob from origin, the others wait;
+- `adapter:tombstones` — hash name → sha256 of deleted --adapter-dir adapters (tombstones.py);
 - `epoch` — a random id set once per Redis dataset; a changed epoch after a reconnect means
   Redis lost its data, and each replica re-seeds what it holds (SET NX: the first one wins).
 
@@ -42,6 +43,7 @@ PREFIX = "deltaserve"
 INDEX_KEY = f"{PREFIX}:adapter:index"
 EPOCH_KEY = f"{PREFIX}:epoch"
 CHANNEL = f"{PREFIX}:adapter-events"
+TOMBSTONES_KEY = f"{PREFIX}:adapter:tombstones"
 LOCK_MS = 30_000
 _ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 
@@ -189,8 +191,10 @@ class RedisBackend:
         keys = sorted(await self._redis.smembers(INDEX_KEY))
         values = await self._redis.mget(keys) if keys else []
         manifests = [AdapterManifest.from_json(v) for v in values if v]
+        tombstones = {k.decode() for k in await self._redis.hkeys(TOMBSTONES_KEY)}
         if self._listener is not None:
             self._listener.on_resync(manifests)
+            self._listener.on_tombstones(tombstones)
 
     # ---- writes ---------------------------------------------------------------------------
     async def put(self, manifest: AdapterManifest, blob: bytes) -> None:
@@ -202,6 +206,8 @@ class RedisBackend:
                 p.set(blob_key(manifest.sha256), blob, ex=self.blob_ttl_s)
                 p.set(mkey, manifest.to_json())
                 p.sadd(INDEX_KEY, mkey)
+                if manifest.shared:
+                    p.hdel(TOMBSTONES_KEY, manifest.name)
                 await p.execute()
             await self._redis.publish(CHANNEL, json.dumps(event))
         except _ERRORS as exc:
@@ -217,6 +223,8 @@ class RedisBackend:
             async with self._redis.pipeline(transaction=True) as p:
                 p.delete(mkey)
                 p.srem(INDEX_KEY, mkey)
+                if manifest.shared and manifest.source == "adapter-dir":
+                    p.hset(TOMBSTONES_KEY, manifest.name, manifest.sha256)
                 await p.execute()
             await self._redis.publish(CHANNEL, json.dumps(event))
         except _ERRORS as exc:

@@ -105,6 +105,11 @@ class AdapterRegistry:
         live = [*self._current.values(), *self._draining]
         return any(v.manifest.sha256 == sha for v in live)
 
+    def leased_shas(self) -> set[str]:
+        """Content some request holds right now (current or retired versions)."""
+        live = [*self._current.values(), *self._draining]
+        return {v.manifest.sha256 for v in live if v.leases > 0}
+
     def total_bytes(self, excluding: Key | None = None) -> int:
         return sum(v.manifest.bytes for k, v in self._current.items() if k != excluding)
 

@@ -19,6 +19,7 @@ from typing import BinaryIO
 from deltaserve.adapter_store import ingest as ing
 from deltaserve.adapter_store.backend import InProcessBackend, StoreBackend
 from deltaserve.adapter_store.content import ContentStore, pack_dir
+from deltaserve.adapter_store.disk_budget import DiskBudget
 from deltaserve.adapter_store.errors import (
     AdapterConflictError,
     AdapterForbiddenError,
@@ -32,6 +33,7 @@ from deltaserve.adapter_store.paths import check_adapter_name, is_within
 from deltaserve.adapter_store.registry import AdapterRegistry, Lease, Version
 from deltaserve.adapter_store.sync import SyncMixin
 from deltaserve.adapter_store.tiers import TierChain, TierObserver
+from deltaserve.adapter_store.tombstones import Tombstones
 from deltaserve.adapter_store.validation import BaseShapes, Limits
 
 logger = logging.getLogger(__name__)
@@ -54,8 +56,15 @@ class StoreConfig:
     max_total_adapter_bytes: int = 16 << 30
     limits: Limits = field(default_factory=Limits)
     unregister_timeout_s: float = 30.0
+    max_local_content_bytes: int | None = None
+    """Disk budget of the local content directory (LRU over unleased, re-fetchable content)."""
     ephemeral: bool = False
     """data_dir is a temporary directory of this process: removed on close."""
+
+
+def is_directory_entry(manifest: AdapterManifest) -> bool:
+    """A shared adapter loaded from --adapter-dir (its delete leaves a tombstone)."""
+    return manifest.shared and manifest.source == "adapter-dir"
 
 
 class AdapterStore(SyncMixin):
@@ -80,6 +89,9 @@ class AdapterStore(SyncMixin):
         self.tiers = TierChain(self.content, self.backend, self.observer, config)
         self._local_only: dict[tuple[str, str], str] = {}
         """--adapter-dir entries (key → sha256): per replica, not published to the backend."""
+        self.disk = DiskBudget(self.content, config.max_local_content_bytes)
+        self.tombstones = Tombstones(config.data_dir / "tombstones.json")
+        """Deleted --adapter-dir names: not loaded again until re-registered."""
 
     # ---- lifecycle ------------------------------------------------------------------------
     async def start(self, adapter_dir: Path | None = None) -> None:
@@ -104,6 +116,9 @@ class AdapterStore(SyncMixin):
             return
         for child in sorted(root.iterdir()):
             if not child.is_dir():
+                continue
+            if child.name in self.tombstones:
+                logger.info("not loading %s from --adapter-dir: it was deleted", child.name)
                 continue
             try:
                 check_adapter_name(child.name)
@@ -138,6 +153,8 @@ class AdapterStore(SyncMixin):
         except BaseException:
             lease.release()
             raise
+        self.disk.touch(version.manifest.sha256)
+        self.trim_disk()
         return lease
 
     # ---- writes ---------------------------------------------------------------------------
@@ -174,6 +191,8 @@ class AdapterStore(SyncMixin):
                 raise AdapterForbiddenError(f"`{name}` is a shared adapter; only admins may delete it.")
             self._require_healthy()
             await self.backend.delete(manifest)
+            if is_directory_entry(manifest):
+                self.tombstones.add(manifest.name, manifest.sha256)
             self.registry.remove(*manifest.key)
             self._local_only.pop(manifest.key, None)
         if not await self.registry.wait_idle(version, self.config.unregister_timeout_s):
@@ -210,6 +229,8 @@ class AdapterStore(SyncMixin):
             self._require_healthy()
             manifest = await self._ingest_and_install(name, owner, source, stage, publish=True)
             self._local_only.pop(manifest.key, None)
+            if manifest.shared:
+                self.tombstones.discard(name)
         return manifest
 
     async def _ingest_and_install(
@@ -238,7 +259,30 @@ class AdapterStore(SyncMixin):
                 self._forget_content(got.sha256)
                 raise
         self.registry.install(manifest, got.path)
+        self.disk.touch(manifest.sha256)
+        self.trim_disk()
         return manifest
+
+    # ---- disk budget ----------------------------------------------------------------------
+    def trim_disk(self) -> list[str]:
+        """Evict least recently used content beyond --max-local-content-bytes."""
+        leased = self.registry.leased_shas()
+        users: dict[str, list[AdapterManifest]] = {}
+        for v in self.registry.versions():
+            users.setdefault(v.manifest.sha256, []).append(v.manifest)
+
+        def evictable(sha: str) -> bool:
+            if sha in leased:
+                return False
+            return all(self._refetchable(m) for m in users.get(sha, []))
+
+        return self.disk.trim(evictable)
+
+    def _refetchable(self, m: AdapterManifest) -> bool:
+        """Content that another tier can bring back: its origin path, or the shared backend."""
+        if m.source.startswith("path:"):
+            return True
+        return self.backend.shared and self._local_only.get(m.key) != m.sha256
 
     # ---- retirement -----------------------------------------------------------------------
     def _on_retire(self, version: Version) -> None:

@@ -111,6 +111,13 @@ class Settings(BaseSettings):
         ge=1,
         description="Most bytes of registered adapters in total (beyond: 413).",
     )
+    max_local_content_bytes: int | None = Field(
+        None,
+        ge=0,
+        description="Disk budget of the local adapter content directory: beyond it the least "
+        "recently used adapters that can be fetched again (from Redis or their source path) and "
+        "that no request uses are evicted. Unset = unlimited.",
+    )
     adapter_unregister_timeout_s: float = Field(
         30.0, ge=0, description="How long DELETE waits for in-flight requests using the adapter."
     )

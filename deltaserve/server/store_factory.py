@@ -64,6 +64,7 @@ def build_store(
             settings.base_model_id, Path(settings.model).resolve().name),
             base_tokenizer_sha256=_tokenizer_sha(settings.model)),
         unregister_timeout_s=settings.adapter_unregister_timeout_s,
+        max_local_content_bytes=settings.max_local_content_bytes,
         ephemeral=settings.data_dir is None,
     )
     observer = TierObserver(lookup=metrics.record_adapter_lookup, load=metrics.observe_adapter_load)
