@@ -72,3 +72,10 @@ class StoreUnavailableError(StoreError):
 
     status = 503
     code = "adapter_store_unavailable"
+
+
+class AdapterQuotaError(StoreError):
+    """429: the owning tenant is at its adapter quota (count or bytes)."""
+
+    status = 429
+    code = "max_adapters_exceeded"

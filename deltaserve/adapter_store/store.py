@@ -24,6 +24,7 @@ from deltaserve.adapter_store.errors import (
     AdapterConflictError,
     AdapterForbiddenError,
     AdapterNotFoundError,
+    AdapterQuotaError,
     AdapterTooLargeError,
     StoreError,
     StoreUnavailableError,
@@ -89,6 +90,8 @@ class AdapterStore(SyncMixin):
         self.tiers = TierChain(self.content, self.backend, self.observer, config)
         self._local_only: dict[tuple[str, str], str] = {}
         """--adapter-dir entries (key → sha256): per replica, not published to the backend."""
+        self.owner_limits: Callable[[str], tuple[int | None, int | None]] = lambda owner: (None, None)
+        """owner → (max adapters, max total bytes) it may own (None: unlimited)."""
         self.disk = DiskBudget(self.content, config.max_local_content_bytes)
         self.tombstones = Tombstones(config.data_dir / "tombstones.json")
         """Deleted --adapter-dir names: not loaded again until re-registered."""
@@ -238,6 +241,7 @@ class AdapterStore(SyncMixin):
     ) -> AdapterManifest:
         with self.content.staging_dir() as staged:
             nbytes = await asyncio.to_thread(stage, staged)
+            self._check_owner_quota(owner, name, nbytes)
             total = self.registry.total_bytes(excluding=(owner, name)) + nbytes
             if total > self.config.max_total_adapter_bytes:
                 raise AdapterTooLargeError(
@@ -262,6 +266,24 @@ class AdapterStore(SyncMixin):
         self.disk.touch(manifest.sha256)
         self.trim_disk()
         return manifest
+
+    def _check_owner_quota(self, owner: str, name: str, nbytes: int) -> None:
+        """A tenant's max_adapters / max_adapter_bytes (shared adapters are not counted)."""
+        if owner == SHARED:
+            return
+        max_count, max_bytes = self.owner_limits(owner)
+        owned = [v.manifest for v in self.registry.versions()
+                 if v.manifest.owner == owner and v.manifest.name != name]  # fmt: skip
+        if max_count is not None and len(owned) + 1 > max_count:
+            raise AdapterQuotaError(
+                f"Tenant `{owner}` may own at most {max_count} adapters; delete one first."
+            )
+        used = sum(m.bytes for m in owned)
+        if max_bytes is not None and used + nbytes > max_bytes:
+            raise AdapterQuotaError(
+                f"Tenant `{owner}` may own at most {max_bytes} bytes of adapters ({used} in use, "
+                f"this one has {nbytes}).", code="max_adapter_bytes_exceeded",
+            )  # fmt: skip
 
     # ---- disk budget ----------------------------------------------------------------------
     def trim_disk(self) -> list[str]:

@@ -49,6 +49,7 @@ def create_app(
     if resolver is None:
         state.store = build_store(settings, state.metrics, lambda key: _drop_adapter(state, key))
         state.resolver = StoreResolver(state.store, DEFAULT_TENANT)
+        state.store.owner_limits = lambda owner: _adapter_limits(state, owner)
         state.mixer = build_mixer(state)
     app = FastAPI(title="deltaserve", version="0.1.0", lifespan=_lifespan)
     app.state.server = state
@@ -83,6 +84,11 @@ def install_reload_signal(app: FastAPI) -> None:
 def _reload(state: ServerState) -> None:
     if state.reload_keys():
         logger.info("reloaded %s", state.settings.api_keys)
+
+
+def _adapter_limits(state: ServerState, owner: str) -> tuple[int | None, int | None]:
+    quota = state.auth.quota(owner)
+    return quota.max_adapters, quota.max_adapter_bytes
 
 
 def _drop_adapter(state: ServerState, key: str) -> None:

@@ -150,6 +150,7 @@ _STORE_STATUS: dict[int, type[APIError]] = {
     409: ConflictError,
     413: PayloadTooLargeError,
     422: UnprocessableError,
+    429: TooManyRequestsError,
     503: ServiceUnavailableError,
 }
 

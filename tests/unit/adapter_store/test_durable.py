@@ -68,3 +68,29 @@ def test_disk_budget_evicts_least_recently_used_refetchable_content(tmp_path: Pa
         assert store.content.has(only.sha256)
 
     run(go())
+
+
+def test_tenant_adapter_quotas(tmp_path: Path) -> None:
+    from deltaserve.adapter_store.errors import AdapterQuotaError
+    from deltaserve.server.errors import store_error
+    from tests.unit.adapter_store.test_store import ACME
+
+    a, b = write_lora(tmp_path / "a"), write_lora(tmp_path / "b", seed=1)
+
+    async def go() -> None:
+        store = make_store(tmp_path)
+        limits = {"acme": (1, None)}
+        store.owner_limits = lambda owner: limits.get(owner, (None, None))
+        first = await store.register_upload("one", files_of(a), ACME)
+        with pytest.raises(AdapterQuotaError) as info:
+            await store.register_upload("two", files_of(b), ACME)
+        mapped = store_error(info.value)
+        assert (mapped.status_code, mapped.code) == (429, "max_adapters_exceeded")
+        await store.register_upload("one", files_of(b), ACME, replace=True)  # replacing is fine
+        await store.register_upload("shared", files_of(b), ADMIN)  # shared ones do not count
+        limits["acme"] = (None, first.bytes - 1)
+        with pytest.raises(AdapterQuotaError, match="bytes") as info:
+            await store.register_upload("one", files_of(a), ACME, replace=True)
+        assert info.value.code == "max_adapter_bytes_exceeded"
+
+    run(go())
