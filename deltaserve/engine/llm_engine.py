@@ -280,7 +280,10 @@ class LLMEngine:
             touched[seq.request.request_id] = seq.request
         outputs = []
         for req in touched.values():
-            outputs.append(self._finish_request(req) if req.finished else self._output(req))
+            if req.finished:
+                outputs.append(self._finish_request(req))
+            elif req.params.output_kind == "cumulative":
+                outputs.append(self._output(req))
         return outputs
 
     def _check_stop(self, seq: Sequence) -> None:
