@@ -18,7 +18,9 @@ import heapq
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
+from deltaserve.engine.config import EngineConfig
 from deltaserve.engine.request import Sequence
+from deltaserve.engine.scheduler import FCFSPolicy, QueuePolicy
 
 if TYPE_CHECKING:
     from deltaserve.engine.scheduler import ScheduledSeq
@@ -103,3 +105,12 @@ class VTCPolicy:
     def _cost(self, input_tokens: int, output_tokens: int, tenant: str) -> float:
         raw = self.input_cost * input_tokens + self.output_cost * output_tokens
         return raw / self.weight(tenant)
+
+
+def make_policy(config: EngineConfig) -> QueuePolicy:
+    """The queue policy `config.queue_policy` names."""
+    if config.queue_policy == "vtc":
+        return VTCPolicy(config.tenant_weights)
+    if config.queue_policy != "fcfs":
+        raise ValueError(f"queue_policy must be fcfs|vtc, got {config.queue_policy!r}")
+    return FCFSPolicy()
