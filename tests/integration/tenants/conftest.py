@@ -23,6 +23,14 @@ from tests.integration.server.conftest import (  # noqa: F401  (fixture re-expor
 )
 
 
+def _die_with_parent() -> None:
+    """Linux: the server gets SIGTERM if the test process dies (no orphans after a kill)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
 class ServerProcess:
     """`python -m deltaserve.server.cli serve` on a free port, logging to a file."""
 
@@ -43,7 +51,8 @@ class ServerProcess:
                str(self.model.base), "--served-model-name", BASE_ID, "--port", str(self.port),
                *self.args]  # fmt: skip
         env = {**os.environ, "DELTASERVE_DEVICE": "cpu", "OMP_NUM_THREADS": "1"}
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                     preexec_fn=_die_with_parent)  # fmt: skip
         log.close()
         deadline = time.monotonic() + 120
         while True:

@@ -129,3 +129,13 @@ def test_key_file_tenants_parse_and_reject_bad_entries(tmp_path: Path) -> None:
         path.write_text(json.dumps({"keys": keys, "tenants": bad}))
         with pytest.raises(ValueError, match="tenants"):
             ApiKeyAuth.from_file(path)
+
+
+def test_queue_policy_auto_is_fair_when_keys_name_tenants(tmp_path: Path) -> None:
+    from deltaserve.server.engine_factory import engine_config
+    from deltaserve.server.settings import Settings
+
+    keyed = Settings(model="m", api_keys=tmp_path / "keys.json")
+    assert engine_config(keyed).queue_policy == "vtc"
+    assert engine_config(Settings(model="m")).queue_policy == "fcfs"
+    assert engine_config(Settings(model="m", api_keys=tmp_path, queue_policy="fcfs")).queue_policy == "fcfs"
