@@ -26,7 +26,7 @@ import pytest
 from tests.integration.tenants.conftest import BASE_ID, ServerProcess, TinyModel
 
 FLOOD_IN_FLIGHT = 48
-FLOOD_TOKENS = (32, 96)
+FLOOD_TOKENS = (64, 192)
 """Range of the flood's max_tokens (uniform)."""
 QUIET_TOKENS = 32
 BODY = {"model": BASE_ID, "prompt": "Hello there", "temperature": 0, "ignore_eos": True}
