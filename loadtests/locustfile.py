@@ -87,7 +87,11 @@ class InferenceUser(HttpUser):
             if r.status_code != 200:
                 r.failure(f"HTTP {r.status_code}: {r.text[:300]}")
                 return
-            timing = read_stream(r.iter_lines(), start)
+            try:
+                timing = read_stream(r.iter_lines(), start)
+            except (ValueError, OSError) as exc:  # a malformed event, a cut connection
+                r.failure(f"{type(exc).__name__}: {exc}")
+                return
             if timing.error is not None:
                 r.failure(timing.error)
                 return
