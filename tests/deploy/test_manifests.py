@@ -131,3 +131,8 @@ def test_dockerfiles_pass_hadolint(dockerfile: str):
 def test_hadolint_catches_a_bad_dockerfile(tmp_path: Path):
     (tmp_path / "Dockerfile").write_text("FROM ubuntu\nRUN cd /tmp && apt-get install curl\n")
     assert _run(str(BIN / "hadolint"), str(tmp_path / "Dockerfile")).returncode != 0
+
+
+def test_prometheus_rule_carries_the_shipped_rules():
+    shipped = yaml.safe_load((DEPLOY / "prometheus" / "rules.yml").read_text())["groups"]
+    assert _one("PrometheusRule", "deltaserve")["spec"]["groups"] == shipped
