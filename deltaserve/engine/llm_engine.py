@@ -19,6 +19,7 @@ from deltaserve.engine.hardware import ADAPTER_POOL_MEMORY_SHARE, device_memory_
 from deltaserve.engine.kv_cache import BlockAllocator, KVCache, kv_bytes_per_block
 from deltaserve.engine.model_runner import ModelRunner
 from deltaserve.engine.models.loader import load_model
+from deltaserve.engine.ops import lora_cpu
 from deltaserve.engine.ops.lora import tune_shrink
 from deltaserve.engine.outputs import CompletionOutput, RequestOutput, TokenLogprob
 from deltaserve.engine.protocol import EngineStats
@@ -50,6 +51,9 @@ class LLMEngine:
         self.model = load_model(config.model, mc, self.max_model_len, self.device, self.dtype)
         rows = tune_shrink(self.device, self.dtype, mc.hidden_size)
         logger.info("LoRA shrink: transposed form up to %d rows per adapter on this machine", rows)
+        if self.device.type == "cpu":  # compiled now, not in the first step
+            logger.info("CPU LoRA kernel for decode steps: %s",
+                        "built" if lora_cpu.available() else "unavailable (PyTorch path)")
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.model)
         self.eos_token_ids = set(mc.eos_token_ids)
         self._adapter_budget = config.adapter_device_bytes or self._default_adapter_budget()
