@@ -161,7 +161,7 @@ def test_retry_after_forms_and_limits() -> None:
 
 def feed_all(lines: list[str]) -> tuple[list, ChunkParser]:
     parser = ChunkParser(ChatCompletionChunk)
-    out = [c for line in lines if (c := parser.line(line)) is not None]
+    out = [c for line in lines for c in parser.feed(line)]
     return out, parser
 
 
@@ -175,7 +175,7 @@ def test_event_parsing() -> None:
     chunks, parser = feed_all([f"data: {CHUNK}", "", "data: [DONE]", "", f"data: {CHUNK}", ""])
     assert len(chunks) == 1 and chunks[0].choices[0].delta.content == "x" and parser.done
     chunks, parser = feed_all([f"data: {CHUNK}"])  # the stream ended without a blank line
-    assert chunks == [] and parser.end() is not None
+    assert chunks == [] and len(parser.end()) == 1
 
 
 @pytest.mark.parametrize("line, check", [

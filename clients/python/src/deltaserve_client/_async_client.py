@@ -1,10 +1,10 @@
-"""The asynchronous client: the same surface as Client, with `await`."""
+"""The asynchronous client: the surface of Client, awaited."""
 
 from __future__ import annotations
 
 import asyncio
 import builtins
-from collections.abc import Mapping
+import itertools
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Unpack, overload
@@ -12,15 +12,8 @@ from typing import TYPE_CHECKING, Any, Literal, Unpack, overload
 import httpx
 
 from deltaserve_client import _endpoints as ep
-from deltaserve_client._base import (
-    DEFAULT_TIMEOUT,
-    BaseClient,
-    RequestSpec,
-    import_openai,
-    transport_error,
-)
+from deltaserve_client._base import BaseClient, RequestSpec, import_openai, resource
 from deltaserve_client._streaming import AsyncStream
-from deltaserve_client.errors import error_from_response
 from deltaserve_client.params import ChatParams, CompletionParams, RequestOptions
 from deltaserve_client.types import (
     Adapter,
@@ -36,95 +29,8 @@ if TYPE_CHECKING:
     import openai as _openai
 
 
-class AsyncClient(BaseClient):
-    """An asyncio deltaserve client: `models`, `completions`, `chat.completions`, `adapters`;
-    every call is awaited. Arguments as for `Client`.
-
-    Args:
-        base_url: the server's root, e.g. `http://127.0.0.1:8000` (`/v1` is added).
-        api_key: the tenant's key, sent as `Authorization: Bearer <key>` (None: open server).
-        timeout: seconds (or an httpx.Timeout) per request; per call with `timeout=`.
-        max_retries: retries on 429, 503 and connection failures; per call with `max_retries=`.
-        initial_retry_delay: first backoff in seconds (doubling, with jitter; a server's
-            `Retry-After` wins).
-        max_retry_delay: longest backoff in seconds.
-        default_headers: headers sent with every request.
-        http_client: an httpx.AsyncClient to use (its transport, proxies, event hooks); it is not
-            closed by `close()`.
-
-    Use it as an async context manager, or `await close()`, to release its connections.
-    """
-
-    def __init__(
-        self,
-        base_url: str | httpx.URL,
-        api_key: str | None = None,
-        *,
-        timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
-        max_retries: int = 2,
-        initial_retry_delay: float = 0.5,
-        max_retry_delay: float = 8.0,
-        default_headers: Mapping[str, str] | None = None,
-        http_client: httpx.AsyncClient | None = None,
-    ) -> None:
-        super().__init__(
-            base_url, api_key, timeout, max_retries, initial_retry_delay, max_retry_delay,
-            default_headers,
-        )  # fmt: skip
-        self._owns_http = http_client is None
-        self._http = http_client if http_client is not None else httpx.AsyncClient(timeout=timeout)
-        self.models = AsyncModels(self)
-        self.completions = AsyncCompletions(self)
-        self.chat = AsyncChat(self)
-        self.adapters = AsyncAdapters(self)
-
-    async def _execute(self, spec: RequestSpec) -> Any:
-        """Send `spec`, retrying as the policy allows; the parsed result, or a typed error."""
-        policy = self._policy(spec)
-        attempt = 0
-        while True:
-            with ExitStack() as files:
-                request = self._http.build_request(**self._request_args(spec, files))
-                try:
-                    response = await self._http.send(request, stream=spec.stream_to is not None)
-                except httpx.TransportError as exc:
-                    wait = self._wait_after_error(policy, attempt, exc)
-                    if wait is None:
-                        raise transport_error(exc) from exc
-                    await asyncio.sleep(wait)
-                    attempt += 1
-                    continue
-            if response.is_success:
-                if spec.stream_to is not None:
-                    return AsyncStream(response, spec.stream_to)
-                return self._parse(spec, response)
-            await response.aread()
-            await response.aclose()
-            wait = self._wait_after_status(policy, attempt, response)
-            if wait is None:
-                raise error_from_response(response)
-            await asyncio.sleep(wait)
-            attempt += 1
-
-    def openai(self, **kwargs: Any) -> _openai.AsyncOpenAI:
-        """An `openai.AsyncOpenAI` for the same server, key, timeout and retries (needs the
-        `openai` package: `pip install 'deltaserve-client[openai]'`); `kwargs` override."""
-        return import_openai().AsyncOpenAI(**{**self._openai_settings(), **kwargs})
-
-    async def close(self) -> None:
-        """Close the connections (not those of an `http_client` passed in)."""
-        if self._owns_http:
-            await self._http.aclose()
-
-    async def __aenter__(self) -> AsyncClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-
 class AsyncModels:
-    """`async_client.models`: what the caller may use as `model`."""
+    """`async_client.models`: as `Client.models`."""
 
     def __init__(self, client: AsyncClient):
         self._client = client
@@ -135,7 +41,7 @@ class AsyncModels:
 
 
 class AsyncCompletions:
-    """`async_client.completions`: OpenAI's (legacy) text completions."""
+    """`async_client.completions`: as `Client.completions`."""
 
     def __init__(self, client: AsyncClient):
         self._client = client
@@ -152,6 +58,11 @@ class AsyncCompletions:
         **params: Unpack[CompletionParams],
     ) -> AsyncStream[CompletionChunk]: ...  # fmt: skip
 
+    @overload
+    async def create(
+        self, model: str, prompt: ep.Prompt, *, stream: bool, **params: Unpack[CompletionParams]
+    ) -> Completion | AsyncStream[CompletionChunk]: ...
+
     async def create(
         self, model: str, prompt: ep.Prompt, *, stream: bool = False,
         **params: Unpack[CompletionParams],
@@ -161,7 +72,7 @@ class AsyncCompletions:
 
 
 class AsyncChatCompletions:
-    """`async_client.chat.completions`: OpenAI's chat completions."""
+    """`async_client.chat.completions`: as `Client.chat.completions`."""
 
     def __init__(self, client: AsyncClient):
         self._client = client
@@ -178,6 +89,11 @@ class AsyncChatCompletions:
         **params: Unpack[ChatParams],
     ) -> AsyncStream[ChatCompletionChunk]: ...  # fmt: skip
 
+    @overload
+    async def create(
+        self, model: str, messages: ep.Messages, *, stream: bool, **params: Unpack[ChatParams]
+    ) -> ChatCompletion | AsyncStream[ChatCompletionChunk]: ...
+
     async def create(
         self, model: str, messages: ep.Messages, *, stream: bool = False,
         **params: Unpack[ChatParams],
@@ -187,7 +103,7 @@ class AsyncChatCompletions:
 
 
 class AsyncChat:
-    """`async_client.chat`: holds `completions`."""
+    """`async_client.chat`: as `Client.chat`."""
 
     def __init__(self, client: AsyncClient):
         self.completions = AsyncChatCompletions(client)
@@ -226,3 +142,53 @@ class AsyncAdapters:
     async def delete(self, name: str, **options: Unpack[RequestOptions]) -> AdapterDeleted:
         """As `Client.adapters.delete`."""
         return await self._client._execute(ep.delete_adapter(name, options))
+
+
+class AsyncClient(BaseClient[httpx.AsyncClient]):
+    """An asyncio deltaserve client: the surface of `Client`, every call awaited, streams
+    iterated with `async for`. The arguments are Client's (`http_client`: an httpx.AsyncClient).
+    Use it with `async with`, or `await close()`, to release its connections.
+    """
+
+    _http_class = httpx.AsyncClient
+    models = resource(AsyncModels)
+    completions = resource(AsyncCompletions)
+    chat = resource(AsyncChat)
+    adapters = resource(AsyncAdapters)
+
+    async def _send(self, spec: RequestSpec) -> httpx.Response:
+        with ExitStack() as files:
+            stream = spec.stream_to is not None
+            return await self._http.send(self._build(spec, files), stream=stream)
+
+    async def _execute(self, spec: RequestSpec) -> Any:
+        """Send `spec`, retrying as the policy allows; the parsed result, or a typed error."""
+        policy = self._policy(spec)
+        for attempt in itertools.count():
+            try:
+                response = await self._send(spec)
+            except httpx.TransportError as exc:
+                await asyncio.sleep(self._wait_or_raise(policy, attempt, exc))
+                continue
+            if not response.is_success:
+                await response.aread()
+                await response.aclose()
+                await asyncio.sleep(self._wait_or_raise(policy, attempt, response))
+                continue
+            return self._result(spec, response, AsyncStream)
+
+    def openai(self, **kwargs: Any) -> _openai.AsyncOpenAI:
+        """An `openai.AsyncOpenAI` for the same server, key, timeout and retries (needs the
+        `openai` package); `kwargs` override."""
+        return import_openai().AsyncOpenAI(**{**self._openai_settings(), **kwargs})
+
+    async def close(self) -> None:
+        """Close the connections (not those of an `http_client` passed in)."""
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -12,17 +12,25 @@ from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import httpx
 from pydantic import BaseModel, ValidationError
 
 from deltaserve_client._retry import RetryPolicy, should_retry_exception, should_retry_status
 from deltaserve_client._version import __version__
-from deltaserve_client.errors import APIConnectionError, APITimeoutError, DeltaserveError
+from deltaserve_client.errors import (
+    APIConnectionError,
+    APITimeoutError,
+    DeltaserveError,
+    error_from_response,
+)
 from deltaserve_client.params import OPTION_KEYS
 
 logger = logging.getLogger("deltaserve_client")
+
+R = TypeVar("R")
+H = TypeVar("H", httpx.Client, httpx.AsyncClient)
 
 DEFAULT_TIMEOUT = 600.0
 """Seconds; generations can be long, so this is generous (as in the openai package)."""
@@ -92,18 +100,42 @@ def import_openai() -> Any:
     return openai
 
 
-class BaseClient:
-    """Configuration and request encoding common to Client and AsyncClient."""
+class resource(Generic[R]):  # noqa: N801 - used like a field declaration
+    """A client attribute holding one resource object (e.g. `models`), made on first use."""
+
+    def __init__(self, factory: Callable[[Any], R]):
+        self._factory = factory
+        self._slot = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._slot = f"_resource_{name}"
+
+    def __get__(self, client: Any, owner: type | None = None) -> R:
+        if client is None:
+            return self  # type: ignore[return-value]  # class attribute access
+        made: R | None = client.__dict__.get(self._slot)
+        if made is None:
+            made = client.__dict__[self._slot] = self._factory(client)
+        return made
+
+
+class BaseClient(Generic[H]):
+    """Configuration, request encoding and the retry decisions of Client and AsyncClient
+    (whose docstrings describe the arguments)."""
+
+    _http_class: type[H]
 
     def __init__(
         self,
         base_url: str | httpx.URL,
-        api_key: str | None,
-        timeout: float | httpx.Timeout | None,
-        max_retries: int,
-        initial_retry_delay: float,
-        max_retry_delay: float,
-        default_headers: Mapping[str, str] | None,
+        api_key: str | None = None,
+        *,
+        timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
+        max_retries: int = 2,
+        initial_retry_delay: float = 0.5,
+        max_retry_delay: float = 8.0,
+        default_headers: Mapping[str, str] | None = None,
+        http_client: H | None = None,
     ) -> None:
         self.base_url = api_root(base_url)
         """The server root, e.g. `http://127.0.0.1:8000`."""
@@ -111,6 +143,8 @@ class BaseClient:
         self.timeout = timeout
         self.retry = RetryPolicy(max_retries, initial_retry_delay, max_retry_delay)
         self._default_headers = dict(default_headers or {})
+        self._owns_http = http_client is None
+        self._http: H = http_client if http_client is not None else self._http_class(timeout=timeout)
 
     @property
     def api_url(self) -> str:
@@ -119,6 +153,7 @@ class BaseClient:
 
     @property
     def max_retries(self) -> int:
+        """Default retries per call."""
         return self.retry.max_retries
 
     def _openai_settings(self) -> dict[str, Any]:
@@ -144,62 +179,54 @@ class BaseClient:
         headers.update(spec.options.get("extra_headers") or {})
         return headers
 
-    def _request_args(self, spec: RequestSpec, files: ExitStack) -> dict[str, Any]:
-        """Keyword arguments of httpx's build_request; upload files are opened into `files`."""
+    def _build(self, spec: RequestSpec, files: ExitStack) -> httpx.Request:
+        """The httpx request for `spec`; upload files are opened into `files`."""
         body = spec.json
         extra = spec.options.get("extra_body")
         if extra:
             body = {**(body or {}), **to_json(extra)}
-        args: dict[str, Any] = {
-            "method": spec.method,
-            "url": f"{self.api_url}{spec.path}",
-            "headers": self._headers(spec),
-            "timeout": spec.options.get("timeout", self.timeout),
-        }
-        if body is not None:
-            args["json"] = body
-        if spec.form is not None:
-            args["data"] = spec.form
+        uploads = None
         if spec.files is not None:
-            args["files"] = [
+            uploads = [
                 ("files", (name, files.enter_context(path.open("rb")), "application/octet-stream"))
                 for name, path in spec.files
             ]
-        return args
-
-    @staticmethod
-    def _wait_after_status(policy: RetryPolicy, attempt: int, response: httpx.Response) -> float | None:
-        """Seconds to wait before retrying after a failed status; None: raise now."""
-        if attempt >= policy.max_retries or not should_retry_status(response.status_code):
-            return None
-        wait = policy.delay(attempt, response)
-        logger.info(
-            "%s %s -> %d; retry %d/%d in %.2fs", response.request.method, response.request.url,
-            response.status_code, attempt + 1, policy.max_retries, wait,
+        return self._http.build_request(
+            spec.method, f"{self.api_url}{spec.path}", json=body, data=spec.form, files=uploads,
+            headers=self._headers(spec), timeout=spec.options.get("timeout", self.timeout),
         )  # fmt: skip
+
+    @staticmethod
+    def _wait_or_raise(
+        policy: RetryPolicy, attempt: int, failure: httpx.Response | httpx.TransportError
+    ) -> float:
+        """Seconds to wait before retrying after `failure` (a read error response or a
+        transport error); raises its typed error when it may not be retried."""
+        if isinstance(failure, httpx.Response):
+            retry = should_retry_status(failure.status_code)
+            error: DeltaserveError = error_from_response(failure)
+            wait = policy.delay(attempt, failure)
+        else:
+            retry = should_retry_exception(failure)
+            error = transport_error(failure)
+            wait = policy.delay(attempt, None)
+        if attempt >= policy.max_retries or not retry:
+            raise error from (failure if isinstance(failure, Exception) else None)
+        logger.info("%s; retry %d/%d in %.2fs", error, attempt + 1, policy.max_retries, wait)
         return wait
 
     @staticmethod
-    def _wait_after_error(
-        policy: RetryPolicy, attempt: int, exc: httpx.TransportError
-    ) -> float | None:
-        """Seconds to wait before retrying after a transport failure; None: raise now."""
-        if attempt >= policy.max_retries or not should_retry_exception(exc):
-            return None
-        wait = policy.delay(attempt, None)
-        logger.info("%r; retry %d/%d in %.2fs", exc, attempt + 1, policy.max_retries, wait)
-        return wait
-
-    @staticmethod
-    def _parse(spec: RequestSpec, response: httpx.Response) -> Any:
+    def _result(spec: RequestSpec, response: httpx.Response, stream: type) -> Any:
+        """A successful response → the stream (`stream` class) or the parsed object."""
+        if spec.stream_to is not None:
+            return stream(response, spec.stream_to)
         try:
             body = response.json()
         except ValueError as exc:
             raise DeltaserveError(
                 f"The server's answer is not JSON: {response.text[:200]!r}",
-                status_code=response.status_code,
-                response=response,
-            ) from exc
+                status_code=response.status_code, response=response,
+            ) from exc  # fmt: skip
         try:
             return spec.parse(body)
         except (ValidationError, AttributeError, TypeError) as exc:

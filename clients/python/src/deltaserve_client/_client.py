@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import builtins
+import itertools
 import time
-from collections.abc import Mapping
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Unpack, overload
@@ -12,15 +12,8 @@ from typing import TYPE_CHECKING, Any, Literal, Unpack, overload
 import httpx
 
 from deltaserve_client import _endpoints as ep
-from deltaserve_client._base import (
-    DEFAULT_TIMEOUT,
-    BaseClient,
-    RequestSpec,
-    import_openai,
-    transport_error,
-)
+from deltaserve_client._base import BaseClient, RequestSpec, import_openai, resource
 from deltaserve_client._streaming import Stream
-from deltaserve_client.errors import error_from_response
 from deltaserve_client.params import ChatParams, CompletionParams, RequestOptions
 from deltaserve_client.types import (
     Adapter,
@@ -34,92 +27,6 @@ from deltaserve_client.types import (
 
 if TYPE_CHECKING:
     import openai as _openai
-
-
-class Client(BaseClient):
-    """A deltaserve client: `models`, `completions`, `chat.completions` and `adapters`.
-
-    Args:
-        base_url: the server's root, e.g. `http://127.0.0.1:8000` (`/v1` is added).
-        api_key: the tenant's key, sent as `Authorization: Bearer <key>` (None: open server).
-        timeout: seconds (or an httpx.Timeout) per request; per call with `timeout=`.
-        max_retries: retries on 429, 503 and connection failures; per call with `max_retries=`.
-        initial_retry_delay: first backoff in seconds (doubling, with jitter; a server's
-            `Retry-After` wins).
-        max_retry_delay: longest backoff in seconds.
-        default_headers: headers sent with every request.
-        http_client: an httpx.Client to use (its transport, proxies, event hooks); it is not
-            closed by `close()`.
-
-    Use it as a context manager, or call `close()`, to release its connections.
-    """
-
-    def __init__(
-        self,
-        base_url: str | httpx.URL,
-        api_key: str | None = None,
-        *,
-        timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
-        max_retries: int = 2,
-        initial_retry_delay: float = 0.5,
-        max_retry_delay: float = 8.0,
-        default_headers: Mapping[str, str] | None = None,
-        http_client: httpx.Client | None = None,
-    ) -> None:
-        super().__init__(
-            base_url, api_key, timeout, max_retries, initial_retry_delay, max_retry_delay,
-            default_headers,
-        )  # fmt: skip
-        self._owns_http = http_client is None
-        self._http = http_client if http_client is not None else httpx.Client(timeout=timeout)
-        self.models = Models(self)
-        self.completions = Completions(self)
-        self.chat = Chat(self)
-        self.adapters = Adapters(self)
-
-    def _execute(self, spec: RequestSpec) -> Any:
-        """Send `spec`, retrying as the policy allows; the parsed result, or a typed error."""
-        policy = self._policy(spec)
-        attempt = 0
-        while True:
-            with ExitStack() as files:
-                request = self._http.build_request(**self._request_args(spec, files))
-                try:
-                    response = self._http.send(request, stream=spec.stream_to is not None)
-                except httpx.TransportError as exc:
-                    wait = self._wait_after_error(policy, attempt, exc)
-                    if wait is None:
-                        raise transport_error(exc) from exc
-                    time.sleep(wait)
-                    attempt += 1
-                    continue
-            if response.is_success:
-                if spec.stream_to is not None:
-                    return Stream(response, spec.stream_to)
-                return self._parse(spec, response)
-            response.read()
-            response.close()
-            wait = self._wait_after_status(policy, attempt, response)
-            if wait is None:
-                raise error_from_response(response)
-            time.sleep(wait)
-            attempt += 1
-
-    def openai(self, **kwargs: Any) -> _openai.OpenAI:
-        """An `openai.OpenAI` client for the same server, key, timeout and retries (needs the
-        `openai` package: `pip install 'deltaserve-client[openai]'`); `kwargs` override."""
-        return import_openai().OpenAI(**{**self._openai_settings(), **kwargs})
-
-    def close(self) -> None:
-        """Close the connections (not those of an `http_client` passed in)."""
-        if self._owns_http:
-            self._http.close()
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class Models:
@@ -152,6 +59,11 @@ class Completions:
         **params: Unpack[CompletionParams],
     ) -> Stream[CompletionChunk]: ...  # fmt: skip
 
+    @overload
+    def create(
+        self, model: str, prompt: ep.Prompt, *, stream: bool, **params: Unpack[CompletionParams]
+    ) -> Completion | Stream[CompletionChunk]: ...
+
     def create(
         self, model: str, prompt: ep.Prompt, *, stream: bool = False,
         **params: Unpack[CompletionParams],
@@ -183,6 +95,11 @@ class ChatCompletions:
         self, model: str, messages: ep.Messages, *, stream: Literal[True],
         **params: Unpack[ChatParams],
     ) -> Stream[ChatCompletionChunk]: ...  # fmt: skip
+
+    @overload
+    def create(
+        self, model: str, messages: ep.Messages, *, stream: bool, **params: Unpack[ChatParams]
+    ) -> ChatCompletion | Stream[ChatCompletionChunk]: ...
 
     def create(
         self, model: str, messages: ep.Messages, *, stream: bool = False,
@@ -241,3 +158,64 @@ class Adapters:
     def delete(self, name: str, **options: Unpack[RequestOptions]) -> AdapterDeleted:
         """Unregister an adapter: new requests get 404 at once; running ones finish."""
         return self._client._execute(ep.delete_adapter(name, options))
+
+
+class Client(BaseClient[httpx.Client]):
+    """A deltaserve client: `models`, `completions`, `chat.completions` and `adapters`.
+
+    Args:
+        base_url: the server's root, e.g. `http://127.0.0.1:8000` (`/v1` is added; a trailing
+            `/v1` is tolerated).
+        api_key: the tenant's key, sent as `Authorization: Bearer <key>` (None: open server).
+        timeout: seconds (or an httpx.Timeout) per request; per call with `timeout=`.
+        max_retries: retries on 429, 503 and connection failures; per call with `max_retries=`.
+        initial_retry_delay: first backoff in seconds (doubling, minus up to 25% jitter; a
+            server's `Retry-After` wins).
+        max_retry_delay: longest backoff in seconds.
+        default_headers: headers sent with every request.
+        http_client: an httpx.Client to use (its transport, proxies, event hooks); it is not
+            closed by `close()`.
+
+    Use it as a context manager, or call `close()`, to release its connections.
+    """
+
+    _http_class = httpx.Client
+    models = resource(Models)
+    completions = resource(Completions)
+    chat = resource(Chat)
+    adapters = resource(Adapters)
+
+    def _send(self, spec: RequestSpec) -> httpx.Response:
+        with ExitStack() as files:
+            return self._http.send(self._build(spec, files), stream=spec.stream_to is not None)
+
+    def _execute(self, spec: RequestSpec) -> Any:
+        """Send `spec`, retrying as the policy allows; the parsed result, or a typed error."""
+        policy = self._policy(spec)
+        for attempt in itertools.count():
+            try:
+                response = self._send(spec)
+            except httpx.TransportError as exc:
+                time.sleep(self._wait_or_raise(policy, attempt, exc))
+                continue
+            if response.is_success:
+                return self._result(spec, response, Stream)
+            response.read()  # the error body (of a streamed request too)
+            response.close()
+            time.sleep(self._wait_or_raise(policy, attempt, response))
+
+    def openai(self, **kwargs: Any) -> _openai.OpenAI:
+        """An `openai.OpenAI` client for the same server, key, timeout and retries (needs the
+        `openai` package: `pip install 'deltaserve-client[openai]'`); `kwargs` override."""
+        return import_openai().OpenAI(**{**self._openai_settings(), **kwargs})
+
+    def close(self) -> None:
+        """Close the connections (not those of an `http_client` passed in)."""
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from pydantic import BaseModel
+
 from deltaserve_client._base import RequestSpec, split_options, to_json
 from deltaserve_client.types import (
     Adapter,
@@ -25,8 +27,9 @@ Messages = Sequence[Mapping[str, Any]]
 
 
 def _generation(
-    path: str, fixed: dict[str, Any], stream: bool, params: Mapping[str, Any], result: type, chunk: type
-) -> RequestSpec:
+    path: str, fixed: dict[str, Any], stream: bool, params: Mapping[str, Any],
+    result: type[BaseModel], chunk: type[BaseModel],
+) -> RequestSpec:  # fmt: skip
     fields, options = split_options(params)
     body = to_json({**fields, **fixed})
     if stream:
@@ -53,7 +56,7 @@ def chat_completion(
     )
 
 
-def _list_of(item: type) -> Any:
+def _list_of(item: type[BaseModel]) -> Any:
     return lambda body: [item.model_validate(x) for x in body.get("data", [])]
 
 

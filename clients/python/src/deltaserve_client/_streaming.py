@@ -8,7 +8,7 @@ raised here as a DeltaserveError without a status code.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
 from typing import Any, Generic, TypeVar
 
 import httpx
@@ -53,20 +53,21 @@ class ChunkParser(Generic[T]):
         self._cast_to = cast_to
         self.done = False
 
-    def line(self, line: str) -> T | None:
-        """The chunk completed by `line`, if any."""
+    def feed(self, line: str) -> list[T]:
+        """The chunks completed by `line` (none after `[DONE]`)."""
         data = self._decoder.feed(line)
-        return None if data is None or self.done else self._parse(data)
+        return self._parse(data)
 
-    def end(self) -> T | None:
+    def end(self) -> list[T]:
         """The chunk of an unterminated last event, if any."""
-        data = self._decoder.flush()
-        return None if data is None or self.done else self._parse(data)
+        return self._parse(self._decoder.flush())
 
-    def _parse(self, data: str) -> T | None:
+    def _parse(self, data: str | None) -> list[T]:
+        if data is None or self.done:
+            return []
         if data.strip() == DONE:
             self.done = True
-            return None
+            return []
         try:
             payload: Any = json.loads(data)
         except ValueError as exc:
@@ -74,7 +75,7 @@ class ChunkParser(Generic[T]):
         if isinstance(payload, dict) and "error" in payload:
             raise error_from_body(payload, None, "The stream ended with an error.")
         try:
-            return self._cast_to.model_validate(payload)
+            return [self._cast_to.model_validate(payload)]
         except ValidationError as exc:
             raise DeltaserveError(f"Unexpected event from the server: {exc}", body=payload) from exc
 
@@ -91,17 +92,14 @@ class Stream(Generic[T]):
         self._cast_to = cast_to
         self._iterator = self._iterate()
 
-    def _iterate(self) -> Iterator[T]:
+    def _iterate(self) -> Generator[T, None, None]:
         parser = ChunkParser(self._cast_to)
         try:
             for line in self.response.iter_lines():
-                chunk = parser.line(line)
+                yield from parser.feed(line)
                 if parser.done:
                     return
-                if chunk is not None:
-                    yield chunk
-            if (last := parser.end()) is not None:
-                yield last
+            yield from parser.end()
         finally:
             self.response.close()
 
@@ -131,17 +129,16 @@ class AsyncStream(Generic[T]):
         self._cast_to = cast_to
         self._iterator = self._iterate()
 
-    async def _iterate(self) -> AsyncIterator[T]:
+    async def _iterate(self) -> AsyncGenerator[T, None]:
         parser = ChunkParser(self._cast_to)
         try:
             async for line in self.response.aiter_lines():
-                chunk = parser.line(line)
+                for chunk in parser.feed(line):
+                    yield chunk
                 if parser.done:
                     return
-                if chunk is not None:
-                    yield chunk
-            if (last := parser.end()) is not None:
-                yield last
+            for chunk in parser.end():
+                yield chunk
         finally:
             await self.response.aclose()
 

@@ -6,8 +6,6 @@ breaks an older client; `model_dump()` gives the JSON back.
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
@@ -18,11 +16,15 @@ __all__ = [
     "ChatChoice",
     "ChatChunkChoice",
     "ChatDelta",
+    "ChatLogprobs",
+    "ChatTokenLogprob",
     "ChatMessage",
     "Completion",
     "CompletionChoice",
     "CompletionChunk",
+    "CompletionLogprobs",
     "Model",
+    "TopLogprob",
     "Usage",
 ]
 
@@ -56,21 +58,45 @@ class CompletionChoice(_Object):
     """`stop` (EOS or a stop string), `length` (max_tokens); None while streaming."""
 
 
-class Completion(_Object):
-    """The result of `completions.create` (and, with `stream=True`, each chunk)."""
+class _Generated(_Object):
+    """What every completion, chat completion and chunk has."""
 
     id: str
-    object: str = "text_completion"
     created: int
     model: str
-    choices: list[CompletionChoice]
+    """The `model` of the request: the base model's id or an adapter's name."""
     usage: Usage | None = None
+    """Token counts (in a stream: only on the last chunk, with `include_usage`)."""
     system_fingerprint: str | None = None
+
+
+class Completion(_Generated):
+    """The result of `completions.create`."""
+
+    object: str = "text_completion"
+    choices: list[CompletionChoice]
 
 
 class CompletionChunk(Completion):
     """One streamed completions event: `choices[i].text` is the new text of choice `index`;
     with `stream_options={"include_usage": True}` the last chunk has `usage` and no choices."""
+
+
+class TopLogprob(_Object):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class ChatTokenLogprob(TopLogprob):
+    """One generated token's log-probability and the most likely alternatives."""
+
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChatLogprobs(_Object):
+    content: list[ChatTokenLogprob] | None = None
+    refusal: list[ChatTokenLogprob] | None = None
 
 
 class ChatMessage(_Object):
@@ -82,20 +108,15 @@ class ChatMessage(_Object):
 class ChatChoice(_Object):
     index: int
     message: ChatMessage
-    logprobs: dict[str, Any] | None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: str | None = None
 
 
-class ChatCompletion(_Object):
+class ChatCompletion(_Generated):
     """The result of `chat.completions.create`."""
 
-    id: str
     object: str = "chat.completion"
-    created: int
-    model: str
     choices: list[ChatChoice]
-    usage: Usage | None = None
-    system_fingerprint: str | None = None
 
 
 class ChatDelta(_Object):
@@ -108,20 +129,16 @@ class ChatDelta(_Object):
 class ChatChunkChoice(_Object):
     index: int
     delta: ChatDelta
-    logprobs: dict[str, Any] | None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: str | None = None
 
 
-class ChatCompletionChunk(_Object):
-    """One streamed chat event."""
+class ChatCompletionChunk(_Generated):
+    """One streamed chat event: `choices[i].delta` adds to choice `index`; with
+    `stream_options={"include_usage": True}` the last chunk has `usage` and no choices."""
 
-    id: str
     object: str = "chat.completion.chunk"
-    created: int
-    model: str
     choices: list[ChatChunkChoice]
-    usage: Usage | None = None
-    system_fingerprint: str | None = None
 
 
 class Model(_Object):
