@@ -51,9 +51,11 @@ def keyed_server(
     tmp = tmp_path_factory.mktemp("sdk")
     sources = tmp / "sources"
     sources.mkdir()
+    # float32 on every CPU: the oracles compare greedy texts across code paths (a mix against
+    # its member), which bf16 rounding (--dtype auto on CPUs with native bf16) would perturb.
     server = start_server(
         tiny_model, api_keys=write_keys(tmp / "keys.json"), data_dir=tmp / "data",
-        adapter_source_root=[sources], max_num_seqs=8,
+        adapter_source_root=[sources], max_num_seqs=8, dtype="float32",
     )  # fmt: skip
     server.sources = sources  # type: ignore[attr-defined]
     yield server
