@@ -188,3 +188,20 @@ def test_bad_events_raise(line: str, check: Callable[[DeltaserveError], bool]) -
     with pytest.raises(DeltaserveError) as exc:
         feed_all([line, ""])
     assert check(exc.value)
+
+
+class CutStream(httpx.SyncByteStream):
+    """One event, then the connection breaks."""
+
+    def __iter__(self):
+        yield f"data: {CHUNK}\n\n".encode()
+        raise httpx.ReadTimeout("the server went quiet")
+
+
+def test_a_stream_cut_short_raises_a_typed_error() -> None:
+    script = Script(httpx.Response(200, stream=CutStream()))
+    stream = client(script).chat.completions.create("m", [], stream=True)
+    assert next(stream).choices[0].delta.content == "x"
+    with pytest.raises(APITimeoutError):
+        next(stream)
+    assert script.calls == 1  # a started stream is never retried

@@ -19,12 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from deltaserve_client._retry import RetryPolicy, should_retry_exception, should_retry_status
 from deltaserve_client._version import __version__
-from deltaserve_client.errors import (
-    APIConnectionError,
-    APITimeoutError,
-    DeltaserveError,
-    error_from_response,
-)
+from deltaserve_client.errors import DeltaserveError, error_from_response, transport_error
 from deltaserve_client.params import OPTION_KEYS
 
 logger = logging.getLogger("deltaserve_client")
@@ -76,17 +71,6 @@ def api_root(base_url: str | httpx.URL) -> str:
     """The server root without a trailing slash (a trailing `/v1` is tolerated and removed)."""
     url = str(base_url).rstrip("/")
     return url[: -len("/v1")] if url.endswith("/v1") else url
-
-
-def transport_error(exc: httpx.TransportError) -> APIConnectionError:
-    """The typed error for a failure below HTTP."""
-    try:
-        request: httpx.Request | None = exc.request
-    except RuntimeError:  # raised by httpx when the error has no request attached
-        request = None
-    if isinstance(exc, httpx.TimeoutException):
-        return APITimeoutError(request)
-    return APIConnectionError(f"Connection error: {exc!r}", request=request)
 
 
 def import_openai() -> Any:

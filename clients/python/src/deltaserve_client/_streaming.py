@@ -14,7 +14,7 @@ from typing import Any, Generic, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from deltaserve_client.errors import DeltaserveError, error_from_body
+from deltaserve_client.errors import DeltaserveError, error_from_body, transport_error
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -100,6 +100,8 @@ class Stream(Generic[T]):
                 if parser.done:
                     return
             yield from parser.end()
+        except httpx.TransportError as exc:
+            raise transport_error(exc) from exc
         finally:
             self.response.close()
 
@@ -139,6 +141,8 @@ class AsyncStream(Generic[T]):
                     return
             for chunk in parser.end():
                 yield chunk
+        except httpx.TransportError as exc:
+            raise transport_error(exc) from exc
         finally:
             await self.response.aclose()
 

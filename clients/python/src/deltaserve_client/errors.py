@@ -32,6 +32,7 @@ __all__ = [
     "ServiceUnavailableError",
     "UnprocessableEntityError",
     "error_from_response",
+    "transport_error",
 ]
 
 REQUEST_ID_HEADERS = ("x-request-id", "request-id")
@@ -189,6 +190,17 @@ def error_from_response(response: httpx.Response) -> DeltaserveError:
     return error_from_body(
         body, response.status_code, fallback, request_id=request_id, response=response
     )
+
+
+def transport_error(exc: httpx.TransportError) -> APIConnectionError:
+    """The typed error for a failure below HTTP (no response, or a stream cut short)."""
+    try:
+        request: httpx.Request | None = exc.request
+    except RuntimeError:  # raised by httpx when the error has no request attached
+        request = None
+    if isinstance(exc, httpx.TimeoutException):
+        return APITimeoutError(request)
+    return APIConnectionError(f"Connection error: {exc!r}", request=request)
 
 
 def _str_or_none(value: Any) -> str | None:
