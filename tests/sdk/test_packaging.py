@@ -52,3 +52,22 @@ def test_wheel_metadata_and_a_clean_import(tmp_path: Path) -> None:
     )  # fmt: skip
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.strip().startswith("['base'] ['deltaserve_client'")
+
+
+def test_every_public_method_has_a_docstring() -> None:
+    import inspect
+
+    import deltaserve_client
+    from deltaserve_client import _async_client, _client
+
+    classes = [getattr(deltaserve_client, n) for n in deltaserve_client.__all__]
+    classes += [c for m in (_client, _async_client) for _, c in inspect.getmembers(m, inspect.isclass)
+                if c.__module__ == m.__name__]  # the resources (client.models, ...)  # fmt: skip
+    missing = [
+        f"{cls.__name__}.{name}"
+        for cls in classes if inspect.isclass(cls) and cls.__module__.startswith("deltaserve_client")
+        for name, member in vars(cls).items()
+        if not name.startswith("_") and callable(member) and not inspect.getdoc(member)
+    ]  # fmt: skip
+    assert not missing, missing
+    assert all(inspect.getdoc(c) for c in classes if inspect.isclass(c))
