@@ -17,8 +17,9 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e .
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[test]'
+# The test install adds the client SDK (a separate distribution) in editable mode.
+$(VENV)/.installed-test: pyproject.toml clients/python/pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]' -e ./clients/python
 	touch $(VENV)/.installed $@
 
 $(DEMO_DIR)/.complete: $(VENV)/.installed
