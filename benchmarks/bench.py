@@ -63,8 +63,10 @@ def run_engine(engine: str, args, assets, prompts, device: str) -> list[RunResul
         args.served_info = info
         return results
     if engine == "vllm":
-        return vllm_cpu.run_all(assets, args.variants, prompts, args.gen_len, args.out,
-                                args.vllm_python, progress, args.server_start_timeout)
+        results, args.vllm_info = vllm_cpu.run_all(
+            assets, args.variants, prompts, args.gen_len, args.out, args.vllm_python, progress,
+            args.server_start_timeout)
+        return results
     from benchmarks import deltaserve_engine, peft_baseline
 
     results = []
@@ -106,11 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     meta["bound"] = b.to_json()
     progress(f"[bound] {b.layers} linear layers at {b.rows} rows in {b.dtype}: "
              f"{1000 * b.t_pass_s:.2f} ms a pass x {b.passes} passes -> {b.tok_s:.1f} tok/s")
-    args.served_info = None
+    args.served_info = args.vllm_info = None
     results: list[RunResult] = []
     for engine in args.engines:
         results += run_engine(engine, args, assets, prompts, device)
-    meta["served"] = args.served_info
+    meta["served"], meta["vllm"] = args.served_info, args.vllm_info
     meta["dtypes"] = {"native": machine.dtype_name(dtype), "why": why,
                       "served": (args.served_info or {}).get("dtype") or "not measured"}
     evaluated = targets.evaluate(bench_report.tok_s_by_row(results), b.tok_s)

@@ -26,11 +26,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def log_tail(path: Path, lines: int = 15) -> str:
+def log_tail(path: Path, lines: int = 15) -> list[str]:
+    """The last `lines` non-empty lines of the server's log."""
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        text = path.read_text(errors="replace")
     except OSError:
-        return ""
+        return []
+    return [line for line in text.splitlines() if line.strip()][-lines:]
+
+
+def failure(what: str, log: Path) -> ServerFailed:
+    """ServerFailed whose first line ends with the log's last line (usually the error)."""
+    tail = log_tail(log)
+    last = tail[-1].strip() if tail else "empty log"
+    return ServerFailed(f"{what}: {last} (log {log})\n" + "\n".join(tail))
 
 
 class ServerProcess:
@@ -64,16 +73,15 @@ class ServerProcess:
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise ServerFailed(f"server exited with code {self.proc.returncode} before it "
-                                   f"was ready; log {self.log}:\n{log_tail(self.log)}")
+                raise failure(f"server exited with code {self.proc.returncode} before it was "
+                              "ready", self.log)
             try:
                 if httpx.get(self.base_url + self.ready_path, timeout=2.0).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
-        raise ServerFailed(f"server not ready after {self.start_timeout:.0f} s; log "
-                           f"{self.log}:\n{log_tail(self.log)}")
+        raise failure(f"server not ready after {self.start_timeout:.0f} s", self.log)
 
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM the process group, SIGKILL it after `grace` seconds; idempotent."""

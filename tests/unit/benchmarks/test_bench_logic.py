@@ -149,7 +149,7 @@ def test_vllm_command_env_and_missing_venv(tmp_path, monkeypatch):
     python = venv / "bin" / "python"
     assert vllm_cpu.preload_libs(python, (str(tcmalloc),)) == [str(tcmalloc), str(iomp)]
     assert vllm_cpu.preload_libs(python, (str(tmp_path / "none*"),)) == [str(iomp)]
-    assert "no vLLM venv" in vllm_cpu.unavailable_reason(python)
+    assert vllm_cpu.installed(python)[0] is None and "no vLLM venv" in vllm_cpu.installed(python)[1]
     monkeypatch.delenv("LD_PRELOAD", raising=False)
     env = vllm_cpu.server_env(python, cores=2)
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "1" and env["VLLM_CPU_OMP_THREADS_BIND"] == "0-1"
@@ -167,7 +167,8 @@ def test_vllm_command_env_and_missing_venv(tmp_path, monkeypatch):
 
 def test_vllm_rows_are_skipped_with_the_reason(tmp_path):
     assets = workload.Assets(root=tmp_path, spec=workload.SMALL_SPEC)
-    rows = vllm_cpu.run_all(assets, ["W-base", "W", "W-delta"], [[1, 2]] * 2, 2, tmp_path,
+    rows, info = vllm_cpu.run_all(assets, ["W-base", "W", "W-delta"], [[1, 2]] * 2, 2, tmp_path,
                             python=tmp_path / "missing" / "python", progress=lambda m: None)
     assert [r.variant for r in rows] == ["W-base", "W"]  # no sparse deltas in vLLM
     assert all(r.error.startswith("skipped: no vLLM venv at") and r.tok_s == 0 for r in rows)
+    assert info["version"] is None
