@@ -21,7 +21,17 @@ import time
 import warnings
 from pathlib import Path
 
-from benchmarks import bench_report, bound, machine, report, served, targets, vllm_cpu, workload
+from benchmarks import (
+    bench_report,
+    bound,
+    machine,
+    report,
+    served,
+    server_proc,
+    targets,
+    vllm_cpu,
+    workload,
+)
 from benchmarks.common import VARIANTS, RunResult
 from benchmarks.run_w import FULL_DEFAULTS, SMALL_DEFAULTS, _csv
 
@@ -131,4 +141,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    server_proc.exit_on_sigterm()
     sys.exit(main())

@@ -1,14 +1,18 @@
 """An HTTP server (deltaserve or vLLM) as a subprocess of the benchmark: started in its own
 process group with its output in a log file, waited for until it answers, and always stopped
-— by the `with` block's exit, and by atexit should the benchmark die another way."""
+— by the `with` block's exit, by atexit (SIGTERM included, see exit_on_sigterm) and, should the
+benchmark be killed outright, by the kernel (PR_SET_PDEATHSIG)."""
 
 from __future__ import annotations
 
 import atexit
+import ctypes
 import os
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -42,6 +46,21 @@ def failure(what: str, log: Path) -> ServerFailed:
     return ServerFailed(f"{what}: {last} (log {log})\n" + "\n".join(tail))
 
 
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGKILL it when the benchmark process dies, even by
+    SIGKILL, where no atexit runs."""
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM raise SystemExit, so `with` blocks and atexit stop the servers (Python's
+    default SIGTERM ends the process without running either)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 class ServerProcess:
     """`with ServerProcess(cmd, port, log) as srv:` — ready on exit of __enter__, killed after."""
 
@@ -57,7 +76,8 @@ class ServerProcess:
         with open(self.log, "wb") as out:
             # Own session: stop() signals the whole group (uvicorn workers, engine processes).
             self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT,
-                                         env=self.env, start_new_session=True)
+                                         env=self.env, start_new_session=True,
+                                         preexec_fn=_die_with_parent)
         atexit.register(self.stop)
         try:
             self._wait_ready()

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import sys
+import time
 
 import pytest
 
@@ -15,11 +18,13 @@ from benchmarks.server_proc import ServerFailed, ServerProcess, free_port
 
 
 def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for a reaper counts as dead)."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (ProcessLookupError, FileNotFoundError):
         return False
-    return True
 
 
 def test_server_process_ready_then_killed(tmp_path):
@@ -39,6 +44,38 @@ def test_server_that_exits_early_reports_its_log(tmp_path):
     with pytest.raises(ServerFailed, match="(?s)exited with code 3.*bad flag"):
         with ServerProcess(cmd, free_port(), tmp_path / "log", start_timeout=60):
             pass
+
+
+# A benchmark process that starts a server, prints the server's pid and waits to be killed.
+HARNESS = """
+import sys, time
+from benchmarks.server_proc import ServerProcess, exit_on_sigterm, free_port
+exit_on_sigterm()
+port = free_port()
+cmd = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
+with ServerProcess(cmd, port, __import__("pathlib").Path(sys.argv[1]), ready_path="/",
+                   start_timeout=60) as srv:
+    print(srv.proc.pid, flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_server_dies_with_the_benchmark(tmp_path, sig):
+    harness = subprocess.Popen([sys.executable, "-c", HARNESS, str(tmp_path / "log")],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        server_pid = int(harness.stdout.readline())
+        assert _alive(server_pid)
+        harness.send_signal(sig)
+        harness.wait(timeout=30)
+        deadline = time.monotonic() + 15
+        while _alive(server_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(server_pid)
+    finally:
+        harness.kill()
+        harness.wait()
 
 
 @pytest.fixture(scope="module")
