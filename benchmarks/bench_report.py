@@ -65,11 +65,16 @@ def targets_table(evaluated: list[dict]) -> str:
 def machine_line(meta: dict) -> str:
     m = meta["machine"]
     flags = ", ".join(f for f, on in meta["cpu_flags"].items() if on) or "none of them"
+    chosen = ((meta.get("served") or {}).get("engine_info") or {}).items()
+    server = ", ".join(f"{k} {v}" for k, v in chosen if k != "dtype")
+    vllm = (meta.get("vllm") or {}).get("version")
     return (f"**{m['cpu']}** ({m['cores']} cores; flags of interest present: {flags}); "
             f"benchmark process: torch {m['torch']}, {m['torch_threads']} torch threads; "
-            f"serving dtype {meta['dtypes']['served']} (server's `/v1/models`), PEFT and "
-            f"bound {meta['dtypes']['native']} ({meta['dtypes']['why']}); Python {m['python']}, "
-            f"transformers {m['transformers']}, peft {m['peft']}")
+            f"serving dtype {meta['dtypes']['served']} (server's `/v1/models`"
+            + (f"; server's engine: {server}" if server else "")
+            + f"), PEFT and bound {meta['dtypes']['native']} ({meta['dtypes']['why']}); "
+            f"Python {m['python']}, transformers {m['transformers']}, peft {m['peft']}"
+            + (f", {vllm}" if vllm else ""))
 
 
 def print_summary(results: list[RunResult], meta: dict, evaluated: list[dict]) -> None:

