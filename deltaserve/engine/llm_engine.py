@@ -19,6 +19,7 @@ from deltaserve.engine.hardware import ADAPTER_POOL_MEMORY_SHARE, device_memory_
 from deltaserve.engine.kv_cache import BlockAllocator, KVCache, kv_bytes_per_block
 from deltaserve.engine.model_runner import ModelRunner
 from deltaserve.engine.models.loader import load_model
+from deltaserve.engine.ops.lora import tune_shrink
 from deltaserve.engine.outputs import CompletionOutput, RequestOutput, TokenLogprob
 from deltaserve.engine.protocol import EngineStats
 from deltaserve.engine.proxy_runner import ProxyRunner
@@ -47,6 +48,8 @@ class LLMEngine:
         self.max_model_len = min(config.max_model_len or mc.max_position_embeddings,
                                  mc.max_position_embeddings)
         self.model = load_model(config.model, mc, self.max_model_len, self.device, self.dtype)
+        rows = tune_shrink(self.device, self.dtype, mc.hidden_size)
+        logger.info("LoRA shrink: transposed form up to %d rows per adapter on this machine", rows)
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.model)
         self.eos_token_ids = set(mc.eos_token_ids)
         self._adapter_budget = config.adapter_device_bytes or self._default_adapter_budget()
@@ -277,7 +280,10 @@ class LLMEngine:
             touched[seq.request.request_id] = seq.request
         outputs = []
         for req in touched.values():
-            outputs.append(self._finish_request(req) if req.finished else self._output(req))
+            if req.finished:
+                outputs.append(self._finish_request(req))
+            elif req.params.output_kind == "cumulative":
+                outputs.append(self._output(req))
         return outputs
 
     def _check_stop(self, seq: Sequence) -> None:

@@ -10,6 +10,7 @@ them once per row (a per-row gather) would multiply the memory traffic by the ro
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -225,16 +226,49 @@ def lora_grouped(x: torch.Tensor, y: torch.Tensor, gw: _GroupWeights, rows: LoRA
 def _shrink(xg: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """xg: [n, m, d_in], a: [n, R, d_in] -> [n, m, R] (contiguous).
 
-    With few rows per adapter (decode) the product is computed transposed, A · xgᵀ: the
-    matmul kernels handle a tall-skinny [R, d_in] x [d_in, m] much better than [m, d_in] x
-    [d_in, R] for tiny m (measured ~1.2-1.6x on CPU).
+    With few rows per adapter (decode) some CPUs' matmul kernels handle the transposed product
+    A · xgᵀ (a tall-skinny [R, d_in] x [d_in, m]) much better than [m, d_in] x [d_in, R], others
+    the reverse (measured ~2x either way between an AMX Xeon and a Zen 4): `tune_shrink` picks
+    per machine at start-up.
     """
-    if xg.shape[1] <= _TRANSPOSED_SHRINK_MAX_ROWS:
+    if xg.shape[1] <= _SHRINK_TRANSPOSED_MAX_ROWS.get((xg.device.type, xg.dtype), 0):
         return torch.bmm(a, xg.transpose(1, 2)).transpose(1, 2).contiguous()
     return torch.bmm(xg, a.transpose(1, 2))
 
 
-_TRANSPOSED_SHRINK_MAX_ROWS = 16
+_SHRINK_TRANSPOSED_MAX_ROWS: dict[tuple[str, torch.dtype], int] = {}
+"""(device type, dtype) -> most rows per adapter for which the transposed shrink is faster."""
+
+
+def tune_shrink(device: torch.device, dtype: torch.dtype, d_in: int, rank: int = 48) -> int:
+    """Time both shrink forms at 1..16 rows per adapter on this machine; remember (and return)
+    up to how many rows the transposed one wins. CPU only (CUDA keeps the direct form)."""
+    if device.type != "cpu":
+        return 0
+    n, best = 16, 0
+    for m in (1, 2, 4, 8, 16):
+        xg = torch.randn(n, m, d_in, dtype=dtype)
+        a = torch.randn(n, rank, d_in, dtype=dtype)
+        direct = _min_time(lambda: torch.bmm(xg, a.transpose(1, 2)))  # noqa: B023
+        transposed = _min_time(
+            lambda: torch.bmm(a, xg.transpose(1, 2)).transpose(1, 2).contiguous())  # noqa: B023
+        if transposed >= direct:
+            break
+        best = m
+    _SHRINK_TRANSPOSED_MAX_ROWS[(device.type, dtype)] = best
+    return best
+
+
+def _min_time(fn, reps: int = 5, rounds: int = 3) -> float:
+    """Best of `rounds` averages: robust to another process taking the CPU for a moment."""
+    fn()
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
 
 
 def _lora_contiguous(xg: torch.Tensor, yg: torch.Tensor, gw: _GroupWeights) -> None:
