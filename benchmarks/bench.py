@@ -93,11 +93,17 @@ def run_engine(engine: str, args, assets, prompts, device: str) -> list[RunResul
     return results
 
 
+def measure_bound(args, spec, dtype, device: str) -> bound.Bound:
+    b = bound.measure(spec, args.num_requests, args.prompt_len, args.gen_len, dtype, device)
+    progress(f"[bound] {b.layers} linear layers at {b.rows} rows in {b.dtype}: "
+             f"{1000 * b.t_pass_s:.2f} ms a pass x {b.passes} passes -> {b.tok_s:.1f} tok/s")
+    return b
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     raw = sys.argv[1:] if argv is None else argv
-    command = " ".join(["python -m benchmarks.bench", *map(shlex.quote, raw)])
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -106,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     assets = workload.build(args.out, spec)
     prompts = assets.prompts(args.num_requests, args.prompt_len)
     dtype, why = machine.native_dtype(device)
-    meta = {"date": time.strftime("%Y-%m-%d"), "command": command, "device": device,
+    meta = {"date": time.strftime("%Y-%m-%d"), "device": device,
+            "command": " ".join(["python -m benchmarks.bench", *map(shlex.quote, raw)]),
             "machine": report.machine_info(device), "cpu_flags": machine.reported_flags(),
             "workload": dataclasses.asdict(spec) | {
                 "num_requests": args.num_requests, "prompt_len": args.prompt_len,
@@ -114,18 +121,25 @@ def main(argv: list[str] | None = None) -> int:
     progress(f"machine: {meta['machine']['cpu']}, flags {meta['cpu_flags']}, "
              f"{meta['machine']['torch_threads']} torch threads; native dtype "
              f"{machine.dtype_name(dtype)} ({why})")
-    b = bound.measure(spec, args.num_requests, args.prompt_len, args.gen_len, dtype, device)
-    meta["bound"] = b.to_json()
-    progress(f"[bound] {b.layers} linear layers at {b.rows} rows in {b.dtype}: "
-             f"{1000 * b.t_pass_s:.2f} ms a pass x {b.passes} passes -> {b.tok_s:.1f} tok/s")
+    b = measure_bound(args, spec, dtype, device)  # first, on an idle machine
     args.served_info = args.vllm_info = None
     results: list[RunResult] = []
     for engine in args.engines:
         results += run_engine(engine, args, assets, prompts, device)
-    meta["served"], meta["vllm"] = args.served_info, args.vllm_info
-    meta["dtypes"] = {"native": machine.dtype_name(dtype), "why": why,
-                      "served": (args.served_info or {}).get("dtype") or "not measured"}
+    served_dtype = (args.served_info or {}).get("dtype")
+    if served_dtype and served_dtype != b.dtype and hasattr(torch, served_dtype):
+        progress(f"[bound] the server serves in {served_dtype}: measuring the bound in it")
+        b = measure_bound(args, spec, getattr(torch, served_dtype), device)
+    meta |= {"bound": b.to_json(), "served": args.served_info, "vllm": args.vllm_info,
+             "dtypes": {"native": machine.dtype_name(dtype), "why": why,
+                        "served": served_dtype or "not measured"}}
     evaluated = targets.evaluate(bench_report.tok_s_by_row(results), b.tok_s)
+    write_outputs(args, results, meta, evaluated, device)
+    return 0
+
+
+def write_outputs(args, results: list[RunResult], meta: dict, evaluated: list[dict],
+                  device: str) -> None:
     bench_report.print_summary(results, meta, evaluated)
     bench_report.write_json(args.out / "results.json", results, meta, evaluated)
     title = (f"workload {'W (small)' if args.small else 'W'}: {args.num_requests} concurrent "
@@ -137,7 +151,6 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copy(args.out / "served.png", image)
         bench_report.update_readme(results, meta, evaluated, f"results/{image.name}")
         progress(f"updated {report.README}")
-    return 0
 
 
 if __name__ == "__main__":
