@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 
 from benchmarks import http_load, plans
-from benchmarks.common import RunResult, adapters_in
-from benchmarks.server_proc import ServerFailed, ServerProcess, free_port
+from benchmarks.common import RunResult
+from benchmarks.server_proc import ServerProcess, free_port
 from benchmarks.workload import Assets
 
 ENGINE = "served"
@@ -65,13 +65,11 @@ def run_all(assets: Assets, variants: list[str], prompts: list[list[int]], gen_l
             out: Path, progress: Callable[[str], None] = print,
             start_timeout: float = 600.0) -> tuple[list[RunResult], dict]:
     """One RunResult per variant (error rows where the server or a variant failed), and
-    what the server reported: its command, dtype and log path."""
-    results = [RunResult(engine=ENGINE, variant=v, num_adapters=0, num_requests=len(prompts),
-                         prompt_len=len(prompts[0]), gen_len=gen_len) for v in variants]
+    what the server reported: its command, log path, dtype and deltaserve_engine_info."""
     variant_plans = {v: plans.plan(assets, v, len(prompts)) for v in variants}
-    for res in results:
-        res.num_adapters = (len(variant_plans[res.variant].adapters)
-                            or adapters_in(res.variant, assets.spec.num_adapters))
+    results = [RunResult(engine=ENGINE, variant=v, num_adapters=len(variant_plans[v].adapters),
+                         num_requests=len(prompts), prompt_len=len(prompts[0]), gen_len=gen_len)
+               for v in variants]
     adapter_dir = layout_adapter_dir(out / "served-adapters", variant_plans)
     port = free_port()
     cmd = serve_command(assets, adapter_dir, port)
@@ -88,9 +86,11 @@ def run_all(assets: Assets, variants: list[str], prompts: list[list[int]], gen_l
             for res in results:
                 _run_variant(srv.base_url, res, variant_plans[res.variant], base_id, loaded,
                              prompts, gen_len, progress)
-    except ServerFailed as exc:
+    except Exception as exc:  # not started, or died: the rows not measured say why
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         for res in results:
-            res.error = res.error or f"server failed: {str(exc).splitlines()[0]}"
+            if not res.error and not res.generated_tokens:
+                res.error = f"server failed: {why}"
         progress(f"[served] {exc}")
     return results, info
 

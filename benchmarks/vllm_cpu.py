@@ -73,9 +73,9 @@ def server_env(python: Path, cores: int | None = None) -> dict[str, str]:
     cores = cores or os.cpu_count() or 1
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", VLLM_CPU_NUM_OF_RESERVED_CPU="0",
                VLLM_CPU_OMP_THREADS_BIND=f"0-{cores - 1}")
-    libs = preload_libs(python)
+    libs = preload_libs(python) + ([env["LD_PRELOAD"]] if env.get("LD_PRELOAD") else [])
     if libs:
-        env["LD_PRELOAD"] = ":".join(libs + [env["LD_PRELOAD"]] if env.get("LD_PRELOAD") else libs)
+        env["LD_PRELOAD"] = ":".join(libs)
     return env
 
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from benchmarks import bench, run_w
+from benchmarks import bench, run_w, served, workload
 from benchmarks.server_proc import ServerFailed, ServerProcess, free_port
 
 
@@ -124,3 +124,13 @@ def test_offline_harness_still_runs(out_dir):
     res = json.loads((out_dir / "results.json").read_text())["results"]
     assert [(r["engine"], r["variant"], r["generated_tokens"]) for r in res] == [
         ("deltaserve", "W-8", 64)]
+
+
+@pytest.mark.timeout(120)
+def test_served_rows_say_why_when_the_server_does_not_start(tmp_path):
+    assets = workload.Assets(root=tmp_path / "no-such-assets", spec=workload.SMALL_SPEC)
+    rows, info = served.run_all(assets, ["W-base"], [[5, 6, 7]], 2, tmp_path,
+                                progress=lambda m: None, start_timeout=60)
+    assert rows[0].tok_s == 0 and rows[0].error.startswith("server failed: server exited")
+    assert str(tmp_path / "served-server.log") in rows[0].error
+    assert info["command"].startswith("deltaserve serve --model ")
