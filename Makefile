@@ -6,7 +6,7 @@ DEMO_DIR ?= demo-model
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint bench bench-offline clean
+.PHONY: run test lint bench bench-offline loadtest clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,5 +54,14 @@ bench-offline: $(VENV)/.installed-test
 	.venv-vllm/bin/python -c "import torchvision" 2>/dev/null || .venv-vllm/bin/pip uninstall -y -q torchvision
 	.venv-vllm/bin/python -c "import torchaudio" 2>/dev/null || .venv-vllm/bin/pip uninstall -y -q torchaudio torchcodec
 
+# HOST=http://...: load that server; otherwise start the demo server on a free loopback port.
+LOADTEST_DURATION ?= 30s
+LOADTEST_USERS ?= 8
+LOADTEST_OUT ?= loadtest-results
+loadtest: $(VENV)/.installed-test $(if $(findstring ://,$(HOST)),,$(DEMO_DIR)/.complete)
+	$(BIN)/python -m loadtests.run --host "$(HOST)" --duration $(LOADTEST_DURATION) \
+		--users $(LOADTEST_USERS) --out $(LOADTEST_OUT) \
+		--model $(DEMO_DIR)/base --adapter-dir $(DEMO_DIR)/adapters --served-model-name demo
+
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache $(LOADTEST_OUT)

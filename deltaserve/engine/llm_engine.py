@@ -15,10 +15,15 @@ from deltaserve.engine.adapters.proxy import SmallModels, load_proxy, read_token
 from deltaserve.engine.adapters.sparse_delta import load_sparse_delta
 from deltaserve.engine.config import EngineConfig, ModelConfig
 from deltaserve.engine.detokenizer import append_text, find_stop, flush_text
-from deltaserve.engine.hardware import ADAPTER_POOL_MEMORY_SHARE, device_memory_bytes
+from deltaserve.engine.hardware import (
+    ADAPTER_POOL_MEMORY_SHARE,
+    device_memory_bytes,
+    keep_freed_memory,
+)
 from deltaserve.engine.kv_cache import BlockAllocator, KVCache, kv_bytes_per_block
 from deltaserve.engine.model_runner import ModelRunner
 from deltaserve.engine.models.loader import load_model
+from deltaserve.engine.ops import lora_cpu
 from deltaserve.engine.ops.lora import tune_shrink
 from deltaserve.engine.outputs import CompletionOutput, RequestOutput, TokenLogprob
 from deltaserve.engine.protocol import EngineStats
@@ -40,6 +45,8 @@ class LLMEngine:
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         self.device = config.resolve_device()
+        if self.device.type == "cpu" and not keep_freed_memory():
+            logger.info("malloc tuning unavailable (not glibc): step temporaries may page-fault")
         self.model_config = ModelConfig.from_dir(config.model)
         self.dtype, dtype_reason = config.torch_dtype(self.device)
         logger.info("serving dtype %s on %s: %s", str(self.dtype).removeprefix("torch."),
@@ -50,6 +57,9 @@ class LLMEngine:
         self.model = load_model(config.model, mc, self.max_model_len, self.device, self.dtype)
         rows = tune_shrink(self.device, self.dtype, mc.hidden_size)
         logger.info("LoRA shrink: transposed form up to %d rows per adapter on this machine", rows)
+        if self.device.type == "cpu":  # compiled now, not in the first step
+            logger.info("CPU LoRA kernel for decode steps: %s",
+                        "built" if lora_cpu.available() else "unavailable (PyTorch path)")
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.model)
         self.eos_token_ids = set(mc.eos_token_ids)
         self._adapter_budget = config.adapter_device_bytes or self._default_adapter_budget()

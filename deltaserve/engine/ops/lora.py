@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from deltaserve.engine.ops import lora_cpu
+
 # Which HF module names each fused projection of a decoder layer carries, in output order.
 GROUPS: dict[str, tuple[str, ...]] = {
     "qkv": ("q_proj", "k_proj", "v_proj"),
@@ -163,6 +165,12 @@ class LoRARows:
     contiguous: bool = False
     """Adapter i's rows are exactly packed rows [i*m, (i+1)*m) (the runner sorts rows by
     adapter, base rows last): then no gather or scatter is needed at all."""
+    segments: tuple[torch.Tensor, torch.Tensor] | None = None
+    """(start [n], length [n]) int64 on the CPU when every adapter's rows are one run of
+    packed rows (the runner sorts rows by adapter), whatever their counts: the CPU kernel
+    (ops/lora_cpu.py) then walks them in place, without padding or gathers."""
+    max_rows: int = 0
+    """Most rows any one adapter has in this step."""
 
     @classmethod
     def build(
@@ -173,11 +181,17 @@ class LoRARows:
         for t, s in enumerate(row_slots):
             if s >= 0:
                 buckets[s].append(t)
+        max_rows = max((len(b) for b in buckets), default=0)
+        segments = None
+        if all(b == list(range(b[0], b[0] + len(b))) for b in buckets if b):
+            segments = (torch.tensor([b[0] if b else 0 for b in buckets], dtype=torch.long),
+                        torch.tensor([len(b) for b in buckets], dtype=torch.long))
         sizes = {len(b) for b in buckets}
         if len(sizes) == 1 and 0 not in sizes and all(b == list(range(i * len(b), (i + 1) * len(b)))
                                    for i, b in enumerate(buckets)):
             m = sizes.pop()
-            return cls(_EMPTY, _EMPTY, _EMPTY, n, m, contiguous=True)
+            return cls(_EMPTY, _EMPTY, _EMPTY, n, m, contiguous=True, segments=segments,
+                       max_rows=max_rows)
         has_other = len(row_slots) > sum(len(b) for b in buckets)
         # One spare padding row when some rows use no LoRA: they all read it (adapter 0's
         # last row, which is padding since m exceeds every adapter's row count).
@@ -197,6 +211,8 @@ class LoRARows:
             torch.tensor(inv, dtype=torch.long, device=device),
             n,
             m,
+            segments=segments,
+            max_rows=max_rows,
         )
 
 
@@ -206,6 +222,10 @@ def lora_grouped(x: torch.Tensor, y: torch.Tensor, gw: _GroupWeights, rows: LoRA
     x: [T, d_in]; y: [T, d_out_total] (the fused projection's output, subs in order).
     """
     n, m = rows.n, rows.m
+    if rows.segments is not None and lora_cpu.supports(x, rows.max_rows):
+        lora_cpu.lora_segments(x.contiguous(), y, gw.a, [s.b for s in gw.subs],
+                               [s.out_offset for s in gw.subs], gw.rank, *rows.segments)
+        return
     if rows.contiguous:
         _lora_contiguous(x[: n * m].view(n, m, -1), y[: n * m].view(n, m, -1), gw)
         return
