@@ -74,6 +74,7 @@ class ServerState:
             self.settings.redis_url,
             on_fallback=self.metrics.set_quota_fallback,
         )
+        self.metrics.set_health(self.health)
 
     def reload_keys(self) -> bool:
         """Re-read --api-keys (SIGHUP): keys, quotas and weights; a bad file keeps the old one."""
@@ -94,6 +95,12 @@ class ServerState:
         setter = getattr(self.engine, "set_tenant_weights", None)
         if setter is not None:
             setter(self.auth.weights())
+
+    def health(self) -> tuple[bool, bool | None]:
+        """(ready to serve, Redis reachable — None without a Redis backend), for the metrics."""
+        store_ok = self.store is None or self.store.healthy
+        ready = self.ready and not self.draining and store_ok
+        return ready, (store_ok if self.settings.redis_url else None)
 
     @property
     def in_flight(self) -> int:
@@ -161,7 +168,8 @@ def get_principal(
 ) -> Principal:
     """The authenticated caller (401 without a valid key when keys are configured).
 
-    The tenant is left in the request's state: responses get its rate-limit headers.
+    The tenant is left in the request's state: the HTTP metrics label the response with it,
+    and responses get its rate-limit headers.
     """
     principal = state.auth.authenticate(authorization)
     request.state.tenant = principal.tenant
