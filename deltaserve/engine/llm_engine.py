@@ -17,6 +17,7 @@ from deltaserve.engine.config import EngineConfig, ModelConfig
 from deltaserve.engine.detokenizer import append_text, find_stop, flush_text
 from deltaserve.engine.hardware import (
     ADAPTER_POOL_MEMORY_SHARE,
+    PROXY_MEMORY_SHARE,
     device_memory_bytes,
     keep_freed_memory,
 )
@@ -118,8 +119,13 @@ class LLMEngine:
             free, _ = torch.cuda.mem_get_info(self.device)
             budget = int(free * cfg.gpu_memory_utilization)
         budget = budget or _CPU_KV_DEFAULT
-        self._proxy_budget = cfg.proxy_memory_bytes if cfg.proxy_memory_bytes is not None \
-            else budget // 4
+        if cfg.proxy_memory_bytes is not None:
+            self._proxy_budget = cfg.proxy_memory_bytes
+        elif auto_cuda:
+            self._proxy_budget = budget // 4
+        else:  # a share of RAM: the small models' weights alone can outgrow a KV quarter
+            self._proxy_budget = max(budget // 4,
+                                     int(PROXY_MEMORY_SHARE * device_memory_bytes(self.device)))
         if auto_cuda:  # small models and adapters come out of the automatic KV budget
             budget -= self._proxy_budget + self._adapter_budget
         num_blocks = budget // per_block
