@@ -110,8 +110,9 @@ def _compile(compiler: Any, spec: GrammarSpec) -> Any:
     if spec.kind == "json_schema":
         # compact JSON (no free whitespace): a model cannot pad the output indefinitely
         return compiler.compile_json_schema(spec.value, any_whitespace=False, strict_mode=True)
-    if spec.kind == "json_object":
-        return compiler.compile_builtin_json_grammar()
+    if spec.kind == "json_object":  # OpenAI's JSON mode: any JSON object
+        return compiler.compile_json_schema('{"type": "object"}', any_whitespace=False,
+                                            strict_mode=False)
     if spec.kind == "regex":
         return compiler.compile_regex(spec.value)
     if spec.kind == "choice":
