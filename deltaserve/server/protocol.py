@@ -9,9 +9,9 @@ are accepted as top-level fields.
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, model_serializer
 
 from deltaserve.engine.sampling_params import MAX_LOGPROBS
 
@@ -141,6 +141,17 @@ class ChatCompletionRequest(SamplingFields):
 
 # --- responses ---------------------------------------------------------------------------
 
+MIN_LOGPROB = -9999.0
+
+
+def _finite(v: float) -> float:
+    # Masked tokens (structured outputs, min_tokens) have logprob -inf, which JSON cannot
+    # carry (it would become null); report them as -9999.0, as vLLM does.
+    return v if v >= MIN_LOGPROB else MIN_LOGPROB
+
+
+Logprob = Annotated[float, PlainSerializer(_finite, return_type=float)]
+
 
 class UsageInfo(BaseModel):
     prompt_tokens: int = 0
@@ -152,15 +163,15 @@ class CompletionLogprobs(BaseModel):
     """Legacy completions logprobs: parallel lists, one entry per token."""
 
     tokens: list[str] = Field(default_factory=list)
-    token_logprobs: list[float | None] = Field(default_factory=list)
-    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
+    token_logprobs: list[Logprob | None] = Field(default_factory=list)
+    top_logprobs: list[dict[str, Logprob] | None] = Field(default_factory=list)
     text_offset: list[int] = Field(default_factory=list)
 
 
 class PromptLogprob(BaseModel):
     """vLLM's prompt_logprobs entry for one token id at one prompt position."""
 
-    logprob: float
+    logprob: Logprob
     rank: int | None = None
     decoded_token: str | None = None
 
@@ -196,7 +207,7 @@ class CompletionResponse(BaseModel):
 
 class TopLogprob(BaseModel):
     token: str
-    logprob: float
+    logprob: Logprob
     bytes: list[int] | None = None
 
 
