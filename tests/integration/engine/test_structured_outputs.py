@@ -14,6 +14,7 @@ from deltaserve.engine.adapters.base import AdapterRequest
 from deltaserve.engine.grammar import GrammarError, GrammarSpec
 from deltaserve.engine.sampling_params import SamplingParams
 from tests.integration.engine.conftest import engine_for
+from tests.integration.engine.test_proxy_vs_three_models import proxies  # noqa: F401 (fixture)
 from tests.integration.server.tiny_model import build_all
 
 SCHEMA = {
@@ -96,3 +97,17 @@ def test_cache_and_errors(tiny):
         eng.grammars.compile(GrammarSpec("regex", "(unclosed"))
     with pytest.raises(GrammarError):
         eng.grammars.compile(GrammarSpec("grammar", "root ::= undefined_rule"))
+
+
+def test_proxy_and_sparse_delta_rows_follow_grammars(llama_dir, proxies):  # noqa: F811
+    """Constrained proxy rows are masked after the proxy combination; delta rows too."""
+    model_dir, _ = llama_dir
+    eng = engine_for(model_dir)
+    regex = eng.grammars.compile(GrammarSpec("regex", r"[k-p]{3}[0-9]"))
+    adapters = [AdapterRequest(name="px-full", path=str(proxies["px-full"][0]), kind="proxy"),
+                AdapterRequest(name="px-lora", path=str(proxies["px-lora"][0]), kind="proxy"),
+                AdapterRequest(name="delta", path=str(proxies["delta"][0]), kind="sparse_delta")]
+    params = SamplingParams(max_tokens=10, temperature=1.0, seed=5, n=2, grammar=regex)
+    outs = eng.generate([[257, 40 + i] for i in range(3)], params, adapters=adapters)
+    for out in outs:
+        assert all(re.fullmatch(r"[k-p]{3}[0-9]", o.text) for o in out.outputs), out.outputs
