@@ -7,6 +7,7 @@ from typing import Any
 
 # Upper bound on top-k logprobs a request may ask for (OpenAI allows 20 for chat, 5 for completions).
 MAX_LOGPROBS = 20
+OUTPUT_KINDS = ("cumulative", "final_only")
 
 
 @dataclass
@@ -47,6 +48,9 @@ class SamplingParams:
     alternatives per position (vLLM's `prompt_logprobs`; OpenAI's `echo` + `logprobs`)."""
     grammar: Any = None
     """A compiled grammar (engine.grammar.Grammar) every sample must follow; None: free text."""
+    output_kind: str = "cumulative"
+    """cumulative: an output after every step (streaming); final_only: only the finished one
+    (vLLM's RequestOutputKind.FINAL_ONLY) — no per-token work for whoever does not stream."""
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -85,6 +89,8 @@ class SamplingParams:
             )
         if any(not s for s in self.stop):
             raise ValueError("stop strings must be non-empty")
+        if self.output_kind not in OUTPUT_KINDS:
+            raise ValueError(f"output_kind must be one of {OUTPUT_KINDS}, got {self.output_kind!r}")
         if self.proxy_alpha is not None and (
             self.proxy_alpha != self.proxy_alpha or abs(self.proxy_alpha) == float("inf")
         ):

@@ -100,6 +100,7 @@ def sampling_params(
             proxy_alpha=req.proxy_alpha,
             prompt_logprobs=prompt_logprobs,
             grammar=grammar,
+            output_kind="cumulative" if req.stream else "final_only",
         )
     except ValueError as exc:
         raise BadRequestError(str(exc)) from exc
