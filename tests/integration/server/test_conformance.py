@@ -25,7 +25,8 @@ def _post(server: RunningServer, path: str, body: dict, status: int = 200) -> di
 
 
 def _fingerprint(server: RunningServer, tiny_model) -> str:
-    return system_fingerprint(str(tiny_model.base), "float32")
+    dtype = str(server.app.state.server.engine.engine.dtype).removeprefix("torch.")
+    return system_fingerprint(str(tiny_model.base), dtype)
 
 
 @pytest.mark.parametrize("model", [BASE_ID, "alpha"])

@@ -6,11 +6,12 @@ the LoRA adapter). The tasks are local JSON files (no hub)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.server.conftest import BASE_ID, RunningServer, TinyModel
+from tests.integration.server.conftest import BASE_ID, RunningServer, TinyModel, start_server
 
 MC_DOCS = [
     {"question": "Sky colour:", "choices": [" blue", " green", " red"], "answer": 0},
@@ -19,6 +20,14 @@ MC_DOCS = [
     {"question": "A cat says", "choices": [" meow", " woof"], "answer": 0},
 ]
 GEN_DOCS = [{"prompt": p, "target": "x"} for p in ("Once upon", "Hello, ", "def f(x):", "Q: why")]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model: TinyModel) -> Iterator[RunningServer]:
+    """float32, like the transformers oracle (--dtype auto may pick bfloat16 on this CPU)."""
+    running = start_server(tiny_model, max_num_seqs=16, dtype="float32")
+    yield running
+    running.stop()
 
 
 def _write_tasks(root: Path) -> Path:

@@ -5,15 +5,25 @@ carries the same prompt logprobs."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import httpx
 import pytest
 import torch
 from peft import PeftModel
 from transformers import AutoTokenizer, LlamaForCausalLM
 
-from tests.integration.server.conftest import BASE_ID, RunningServer, TinyModel
+from tests.integration.server.conftest import BASE_ID, RunningServer, TinyModel, start_server
 
 TEXT = "The quick brown fox"
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model: TinyModel) -> Iterator[RunningServer]:
+    """float32, like the transformers oracle (--dtype auto may pick bfloat16 on this CPU)."""
+    running = start_server(tiny_model, max_num_seqs=16, dtype="float32")
+    yield running
+    running.stop()
 
 
 @pytest.fixture(scope="module")
