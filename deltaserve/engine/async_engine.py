@@ -72,6 +72,10 @@ class AsyncLLMEngine:
     def set_adapter_load_observer(self, observer) -> None:
         self.engine.pool.on_load = observer
 
+    def load_grammar_compiler(self) -> None:
+        """One-time set-up of structured outputs (blocking: call it from a worker thread)."""
+        self.engine.grammars.load()
+
     def compile_grammar(self, spec: GrammarSpec) -> Grammar:
         """Compile (or fetch cached) a structured-output grammar; GrammarError if invalid.
 

@@ -71,7 +71,8 @@ class GrammarCompiler:
         self._cache_size = cache_size
         self._lock = threading.Lock()
 
-    def _get_compiler(self) -> Any:
+    def load(self) -> Any:
+        """Import xgrammar and index the vocabulary (once; seconds for large vocabularies)."""
         with self._lock:
             if self._compiler is None:
                 xgr = _xgr()
@@ -92,7 +93,7 @@ class GrammarCompiler:
         g = self.cached(spec)
         if g is not None:
             return g
-        compiler = self._get_compiler()
+        compiler = self.load()
         try:
             compiled = _compile(compiler, spec)
         except (RuntimeError, ValueError, TypeError) as e:  # xgrammar's errors subclass these

@@ -78,8 +78,12 @@ async def request_grammar(state: ServerState, req: SamplingFields) -> Grammar | 
     compile_grammar = getattr(state.engine, "compile_grammar", None)
     if compile_grammar is None:
         raise BadRequestError("This engine does not support structured outputs.", param=param)
+    loop = asyncio.get_running_loop()
+    load = getattr(state.engine, "load_grammar_compiler", None)
+    if load is not None:  # the one-time vocabulary indexing does not count against the deadline
+        await loop.run_in_executor(_COMPILERS, load)
     timeout = state.settings.grammar_compile_timeout_s
-    work = asyncio.get_running_loop().run_in_executor(_COMPILERS, compile_grammar, spec)
+    work = loop.run_in_executor(_COMPILERS, compile_grammar, spec)
     try:
         return await asyncio.wait_for(work, timeout)
     except TimeoutError:
