@@ -21,5 +21,5 @@ def small_tiles(monkeypatch):
     from deltaserve.engine.ops import triton_lora, triton_sparse_delta
 
     for mod, name in [(triton_lora, "BLOCK_K_SHRINK"), (triton_lora, "BLOCK_N"),
-                      (triton_sparse_delta, "BLOCK_NNZ")]:
+                      (triton_sparse_delta, "BLOCK_NNZ"), (triton_sparse_delta, "BLOCK_O")]:
         monkeypatch.setattr(mod, name, 16)

@@ -36,7 +36,7 @@ def _signature(kernel, dtype: str, constexprs: dict) -> dict[str, str]:
 
 def variants():
     lora = dict(BLOCK_M=triton_lora.BLOCK_M)
-    for dtype, precision in [("bf16", "tf32"), ("fp16", "tf32"), ("fp32", "ieee")]:
+    for dtype, precision in [("bf16", "tf32"), ("fp32", "ieee")]:  # fp16 lowers like bf16
         for contiguous in (False, True):
             common = dict(lora, CONTIGUOUS=contiguous, PRECISION=precision)
             yield triton_lora._shrink_kernel, dtype, dict(
@@ -44,8 +44,9 @@ def variants():
             yield triton_lora._expand_kernel, dtype, dict(
                 common, BLOCK_N=triton_lora.BLOCK_N, BLOCK_K=triton_lora.BLOCK_K_EXPAND)
             yield triton_sparse_delta._sparse_rows_kernel, dtype, dict(
-                BLOCK_M=triton_sparse_delta.BLOCK_M, BLOCK_NNZ=triton_sparse_delta.BLOCK_NNZ,
-                CONTIGUOUS=contiguous)
+                BLOCK_M=triton_sparse_delta.BLOCK_M, BLOCK_O=triton_sparse_delta.BLOCK_O,
+                BLOCK_NNZ=triton_sparse_delta.BLOCK_NNZ, CONTIGUOUS=contiguous,
+                PRECISION=precision)
 
 
 def main() -> int:
