@@ -72,6 +72,7 @@ class _EngineCollector(Collector):
             s.last_batch_adapters,
         )
         yield _lora_info(s)
+        yield _engine_info(s)
         yield from self._extra.resident_families(s)
         yield _counter(
             "deltaserve_num_preemptions",
@@ -91,6 +92,17 @@ def _lora_info(s: EngineStats) -> GaugeMetricFamily:
     )
     labels = [str(s.max_loras), ",".join(s.running_adapters), ",".join(s.waiting_adapters)]
     info.add_metric(labels, time.time())
+    return info
+
+
+def _engine_info(s: EngineStats) -> GaugeMetricFamily:
+    """Constant 1, labelled with what the engine chose at start-up (device, dtype)."""
+    info = GaugeMetricFamily(
+        "deltaserve_engine_info",
+        "The engine's configuration chosen at start-up (value always 1).",
+        labels=["device", "dtype", "max_lora"],
+    )
+    info.add_metric([s.device, s.dtype, str(s.max_loras)], 1)
     return info
 
 

@@ -214,3 +214,24 @@ def test_extended_refuses_different_layouts():
     full = [_full_targets(rng, 4)]
     a = LoRAStack(only_q, OUT, LAYERS, CPU, torch.float32)
     assert a.extended(LoRAStack(full, OUT, LAYERS, CPU, torch.float32)) is None
+
+
+@pytest.mark.parametrize("transposed_rows", [0, 16])
+def test_both_shrink_forms_match_the_reference(transposed_rows, monkeypatch):
+    """Whichever form tune_shrink picks on a machine, the grouped op equals the oracle."""
+    from deltaserve.engine.ops import lora as ops
+
+    monkeypatch.setitem(ops._SHRINK_TRANSPOSED_MAX_ROWS, ("cpu", torch.float32), transposed_rows)
+    adapters = _random_adapters(7, [4, 8, 16])
+    _compare_all_groups(adapters, _uneven_rows(3, [2, 5, 1], 3), torch.float32, 1e-5, 1e-5)
+    _compare_all_groups(adapters, [0, 0, 1, 1, 2, 2], torch.float32, 1e-5, 1e-5)
+
+
+def test_tune_shrink_records_a_threshold_for_the_machine(monkeypatch):
+    from deltaserve.engine.ops import lora as ops
+
+    monkeypatch.setattr(ops, "_SHRINK_TRANSPOSED_MAX_ROWS", {})
+    rows = ops.tune_shrink(CPU, torch.float32, d_in=64, rank=8)
+    assert rows in (0, 1, 2, 4, 8, 16)
+    assert ops._SHRINK_TRANSPOSED_MAX_ROWS == {("cpu", torch.float32): rows}
+    assert ops.tune_shrink(torch.device("cuda"), torch.float32, d_in=64) == 0
