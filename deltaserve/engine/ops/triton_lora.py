@@ -45,7 +45,8 @@ _RANKS: dict[int, torch.Tensor] = {}
 
 def effective_ranks(gw: _GroupWeights) -> torch.Tensor:
     """[n, S] int32: 1 + the last non-zero row of each (adapter, module) rank block of A
-    (0 when the adapter does not target the module). Computed once per stacked group."""
+    (0 when the adapter does not target the module). Computed once per stacked group: stacks
+    are never written in place (a changed adapter set builds or extends into new groups)."""
     key = id(gw)
     cached = _RANKS.get(key)
     if cached is not None:
