@@ -1,18 +1,9 @@
-"""Triton kernels run under Triton's interpreter (CPU tensors) where no CUDA device exists.
-
-Set before anything imports a kernel module: `triton.jit` picks interpreter or compiler when a
-kernel is defined. With a GPU the kernel tests run compiled, on CUDA tensors.
-"""
+"""Fixtures of the Triton kernel tests (tests/conftest.py selects Triton's interpreter on
+machines without CUDA; with a GPU the kernel tests run compiled, on CUDA tensors)."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
-import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture

@@ -8,10 +8,15 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def require_runnable_kernels(kernel) -> None:
-    """On CPU the kernels must have been defined under the interpreter (conftest.py)."""
+    """On CPU the kernels and triton's own @jit helpers must have been built for the
+    interpreter: TRITON_INTERPRET=1 set (tests/conftest.py) before triton was imported."""
     if DEVICE.type == "cpu":
-        kind = type(kernel).__name__
-        assert kind == "InterpretedFunction", f"{kind}: TRITON_INTERPRET=1 was not set in time"
+        import triton.language as tl
+
+        for what in (kernel, tl.zeros):
+            kind = type(what).__name__
+            assert kind == "InterpretedFunction", \
+                f"{what}: {kind}; TRITON_INTERPRET=1 was not set before triton was imported"
 
 
 
