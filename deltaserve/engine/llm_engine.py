@@ -15,7 +15,11 @@ from deltaserve.engine.adapters.proxy import SmallModels, load_proxy, read_token
 from deltaserve.engine.adapters.sparse_delta import load_sparse_delta
 from deltaserve.engine.config import EngineConfig, ModelConfig
 from deltaserve.engine.detokenizer import append_text, find_stop, flush_text
-from deltaserve.engine.hardware import ADAPTER_POOL_MEMORY_SHARE, device_memory_bytes
+from deltaserve.engine.hardware import (
+    ADAPTER_POOL_MEMORY_SHARE,
+    device_memory_bytes,
+    keep_freed_memory,
+)
 from deltaserve.engine.kv_cache import BlockAllocator, KVCache, kv_bytes_per_block
 from deltaserve.engine.model_runner import ModelRunner
 from deltaserve.engine.models.loader import load_model
@@ -41,6 +45,8 @@ class LLMEngine:
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         self.device = config.resolve_device()
+        if self.device.type == "cpu" and not keep_freed_memory():
+            logger.info("malloc tuning unavailable (not glibc): step temporaries may page-fault")
         self.model_config = ModelConfig.from_dir(config.model)
         self.dtype, dtype_reason = config.torch_dtype(self.device)
         logger.info("serving dtype %s on %s: %s", str(self.dtype).removeprefix("torch."),

@@ -171,6 +171,8 @@ class LoRARows:
     (ops/lora_cpu.py) then walks them in place, without padding or gathers."""
     max_rows: int = 0
     """Most rows any one adapter has in this step."""
+    real_rows: int = 0
+    """Rows that use one of the n adapters in this step."""
 
     @classmethod
     def build(
@@ -191,7 +193,7 @@ class LoRARows:
                                    for i, b in enumerate(buckets)):
             m = sizes.pop()
             return cls(_EMPTY, _EMPTY, _EMPTY, n, m, contiguous=True, segments=segments,
-                       max_rows=max_rows)
+                       max_rows=max_rows, real_rows=n * m)
         has_other = len(row_slots) > sum(len(b) for b in buckets)
         # One spare padding row when some rows use no LoRA: they all read it (adapter 0's
         # last row, which is padding since m exceeds every adapter's row count).
@@ -213,6 +215,7 @@ class LoRARows:
             m,
             segments=segments,
             max_rows=max_rows,
+            real_rows=sum(len(b) for b in buckets),
         )
 
 
@@ -228,6 +231,10 @@ def lora_grouped(x: torch.Tensor, y: torch.Tensor, gw: _GroupWeights, rows: LoRA
         return
     if rows.contiguous:
         _lora_contiguous(x[: n * m].view(n, m, -1), y[: n * m].view(n, m, -1), gw)
+        return
+    if rows.segments is not None and rows.real_rows >= _SEGMENT_LOOP_MIN_ROWS * n \
+            and n * m > _SEGMENT_LOOP_WASTE * rows.real_rows:
+        _lora_segment_loop(x, y, gw, rows.segments)
         return
     xg = x.index_select(0, rows.flat_index).view(n, m, -1)  # [n, m, d_in]
     h = _shrink(xg, gw.a).mul_(rows.pad_mask)  # [n, m, S*r]; padding rows zeroed
@@ -289,6 +296,29 @@ def _min_time(fn, reps: int = 5, rounds: int = 3) -> float:
             fn()
         times.append(time.perf_counter() - t0)
     return min(times)
+
+
+_SEGMENT_LOOP_MIN_ROWS = 32
+"""Rows per adapter (on average) from which one matmul per adapter beats padding (prefills)."""
+_SEGMENT_LOOP_WASTE = 1.5
+"""Padding overhead (padded rows / real rows) above which the per-adapter loop is used."""
+
+
+def _lora_segment_loop(x: torch.Tensor, y: torch.Tensor, gw: _GroupWeights,
+                       segments: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """Uneven prefills: each adapter's run of rows through its own matmuls, no padding.
+
+    x: [T, d_in]; y: [T, d_out_total]; adapter i's rows are [start_i, start_i + len_i).
+    """
+    for i, (start, length) in enumerate(zip(*(t.tolist() for t in segments), strict=True)):
+        if length == 0:
+            continue
+        rows = slice(start, start + length)
+        h = x[rows] @ gw.a[i].t()  # [len, S*r]
+        for sub in gw.subs:
+            d = sub.b.shape[-1]
+            y[rows, sub.out_offset : sub.out_offset + d].addmm_(
+                h[:, sub.col : sub.col + gw.rank], sub.b[i])
 
 
 def _lora_contiguous(xg: torch.Tensor, yg: torch.Tensor, gw: _GroupWeights) -> None:

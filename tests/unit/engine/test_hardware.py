@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from deltaserve.engine.config import EngineConfig
-from deltaserve.engine.hardware import auto_dtype, cpu_flags, device_memory_bytes
+from deltaserve.engine.hardware import (
+    auto_dtype,
+    cpu_flags,
+    device_memory_bytes,
+    keep_freed_memory,
+)
 
 CPU = torch.device("cpu")
 AVX2_ONLY = frozenset({"sse4_2", "avx", "avx2", "fma"})
@@ -55,3 +60,10 @@ def test_probes_read_this_machine():
     dtype, _ = EngineConfig(model="m").torch_dtype(CPU)
     assert dtype in (torch.float32, torch.bfloat16)
     assert device_memory_bytes(CPU) > 1 << 30
+
+
+def test_malloc_keeps_freed_memory_on_glibc():
+    import platform
+
+    ok = keep_freed_memory()
+    assert ok == (platform.libc_ver()[0] == "glibc")

@@ -235,3 +235,18 @@ def test_tune_shrink_records_a_threshold_for_the_machine(monkeypatch):
     assert rows in (0, 1, 2, 4, 8, 16)
     assert ops._SHRINK_TRANSPOSED_MAX_ROWS == {("cpu", torch.float32): rows}
     assert ops.tune_shrink(torch.device("cuda"), torch.float32, d_in=64) == 0
+
+
+def test_uneven_prefill_runs_one_matmul_per_adapter(monkeypatch):
+    """Sorted rows with very uneven counts (prefills of different lengths): the per-adapter
+    loop runs instead of padding every adapter to the longest, and equals the oracle."""
+    from deltaserve.engine.ops import lora as ops
+
+    calls = []
+    real = ops._lora_segment_loop
+    monkeypatch.setattr(ops, "_lora_segment_loop", lambda *a: (calls.append(1), real(*a)))
+    adapters = _random_adapters(11, [4, 16, 8])
+    counts = [40, 120, 33]
+    row_slots = [i for i, c in enumerate(counts) for _ in range(c)] + [-1] * 7
+    _compare_all_groups(adapters, row_slots, torch.float32, atol=1e-4, rtol=1e-4)
+    assert calls, "the segment loop must have run"
