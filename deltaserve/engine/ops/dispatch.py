@@ -14,6 +14,7 @@ from typing import Literal
 
 import torch
 
+from deltaserve.engine.ops import lora_cpu
 from deltaserve.engine.ops.lora import LoRARows, _GroupWeights, lora_grouped
 from deltaserve.engine.ops.sparse_delta import DeltaRows, _SparseGroup, sparse_delta_grouped
 
@@ -44,11 +45,16 @@ def choose_backend(device: torch.device, dtype: torch.dtype,
 
 
 def lora_apply(x: torch.Tensor, y: torch.Tensor, gw: _GroupWeights, rows: LoRARows) -> None:
-    """y += the LoRA deltas of every row (see lora.lora_grouped), by the chosen backend."""
+    """y += the LoRA deltas of every row (see lora.lora_grouped), by the chosen backend: the
+    Triton kernels on CUDA, the compiled CPU kernel for decode-sized CPU steps whose rows are
+    sorted by adapter (ops/lora_cpu.py), else the PyTorch ops."""
     if choose_backend(x.device, x.dtype) == "triton":
         from deltaserve.engine.ops.triton_lora import lora_grouped_triton
 
         lora_grouped_triton(x, y, gw, rows)
+    elif rows.segments is not None and lora_cpu.supports(x, rows.max_rows):
+        lora_cpu.lora_segments(x.contiguous(), y, gw.a, [s.b for s in gw.subs],
+                               [s.out_offset for s in gw.subs], gw.rank, *rows.segments)
     else:
         lora_grouped(x, y, gw, rows)
 
