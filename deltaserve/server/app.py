@@ -19,7 +19,7 @@ from deltaserve.server.errors import install_error_handlers
 from deltaserve.server.middleware import BodySizeLimitMiddleware, HttpMetricsMiddleware
 from deltaserve.server.mixing import build_mixer, forget_member_content
 from deltaserve.server.quota_http import RateLimitHeadersMiddleware
-from deltaserve.server.routes import admin, health, openai_api, tenants
+from deltaserve.server.routes import admin, health, openai_api, tenants, tokenize
 from deltaserve.server.settings import Settings
 from deltaserve.server.state import ServerState
 from deltaserve.server.store_factory import build_store
@@ -58,6 +58,7 @@ def create_app(
     app.include_router(admin.router)
     app.include_router(health.router)
     app.include_router(tenants.router)
+    app.include_router(tokenize.router)
     upload_limit = max(settings.max_body_bytes, settings.max_adapter_bytes + UPLOAD_OVERHEAD_BYTES)
     app.add_middleware(
         BodySizeLimitMiddleware,
