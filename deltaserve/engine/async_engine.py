@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from deltaserve.engine.adapters.base import AdapterRequest
 from deltaserve.engine.config import EngineConfig
+from deltaserve.engine.fairness import VTCPolicy
 from deltaserve.engine.grammar import Grammar, GrammarSpec
 from deltaserve.engine.llm_engine import LLMEngine
 from deltaserve.engine.outputs import RequestOutput
@@ -73,8 +74,13 @@ class AsyncLLMEngine:
         self.engine.pool.on_load = observer
 
     def set_tenant_weights(self, weights: dict[str, float]) -> None:
-        """Fairness weights per tenant (vtc queue policy); takes effect at the next step."""
-        self.engine.set_tenant_weights(weights)
+        """Fairness weights per tenant (vtc queue policy; fcfs ignores them), from the next step.
+
+        One attribute swap in the policy: safe while the step thread reads the weights.
+        """
+        policy = self.engine.scheduler.policy
+        if isinstance(policy, VTCPolicy):
+            policy.set_weights(weights)
 
     def load_grammar_compiler(self) -> None:
         """One-time set-up of structured outputs (blocking: call it from a worker thread)."""

@@ -15,7 +15,7 @@ from deltaserve.engine.adapters.proxy import SmallModels, load_proxy, read_token
 from deltaserve.engine.adapters.sparse_delta import load_sparse_delta
 from deltaserve.engine.config import EngineConfig, ModelConfig
 from deltaserve.engine.detokenizer import append_text, find_stop, flush_text
-from deltaserve.engine.fairness import VTCPolicy, make_policy
+from deltaserve.engine.fairness import make_policy
 from deltaserve.engine.grammar import GrammarCompiler, advance
 from deltaserve.engine.hardware import (
     ADAPTER_POOL_MEMORY_SHARE,
@@ -185,11 +185,6 @@ class LLMEngine:
                 f"adapter pool ({self.pool.device_budget_bytes} bytes)"
             )
         return adapter
-
-    def set_tenant_weights(self, weights: dict[str, float]) -> None:
-        """New fairness weights (vtc policy; a no-op for fcfs). Safe from any thread."""
-        if isinstance(self.scheduler.policy, VTCPolicy):
-            self.scheduler.policy.set_weights(weights)
 
     # ---- requests -----------------------------------------------------------------------
     def add_request(

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from deltaserve.engine.fairness import VTCPolicy
 from deltaserve.server.ratelimit_redis import RedisLimiter
 from deltaserve.server.tenants import TenantQuota
 from tests.integration.adapter_store.conftest import (
@@ -27,7 +28,7 @@ from tests.integration.adapter_store.conftest import (
 from tests.integration.server.conftest import BASE_ID
 
 TENANTS = {
-    "acme": {"requests_per_minute": 4},
+    "acme": {"requests_per_minute": 4, "weight": 2},
     "beta": {"tokens_per_minute": 1000, "max_concurrent_requests": 8},
     "gamma": {"requests_per_minute": 3},
     "delta": {"requests_per_minute": 5},
@@ -113,6 +114,13 @@ def test_the_n_plus_first_request_is_refused_across_replicas(cluster) -> None:
     assert 'deltaserve_tenant_requests_total{outcome="success",tenant="acme"} 2.0' in metrics
     assert 'deltaserve_tenant_generation_tokens_total{tenant="acme"} 6.0' in metrics
     assert 'deltaserve_tenant_queue_wait_seconds_count{tenant="acme"} 2.0' in metrics
+
+
+def test_key_file_weights_reach_the_fair_queue(cluster) -> None:
+    _, one, _ = cluster
+    policy = one.app.state.server.engine.engine.scheduler.policy
+    assert isinstance(policy, VTCPolicy)  # the default with API keys
+    assert policy.weight("acme") == 2.0 and policy.weight("beta") == 1.0
 
 
 def test_token_reservations_are_reconciled_to_what_was_used(cluster) -> None:
