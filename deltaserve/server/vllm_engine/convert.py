@@ -1,0 +1,81 @@
+"""Our SamplingParams → vLLM's, and vLLM's cumulative RequestOutputs → ours."""
+
+from __future__ import annotations
+
+from vllm import SamplingParams as VllmSamplingParams
+from vllm.outputs import CompletionOutput as VllmCompletion
+from vllm.outputs import RequestOutput as VllmRequestOutput
+
+from deltaserve.engine.outputs import CompletionOutput, RequestMetrics, RequestOutput, TokenLogprob
+from deltaserve.engine.sampling_params import SamplingParams
+
+SEED_MODULUS = 1 << 63
+"""vLLM seeds torch generators with int64 (and reads -1 as "no seed"): fold ours into [0, 2⁶³)."""
+
+
+def vllm_sampling_params(p: SamplingParams) -> VllmSamplingParams:
+    """The same sampling in vLLM's terms (top_k: vLLM disables with 0, we with -1)."""
+    return VllmSamplingParams(
+        n=p.n,
+        max_tokens=p.max_tokens,
+        min_tokens=p.min_tokens,
+        temperature=p.temperature,
+        top_p=p.top_p,
+        top_k=max(p.top_k, 0),
+        seed=None if p.seed is None else p.seed % SEED_MODULUS,
+        stop=list(p.stop) or None,
+        stop_token_ids=list(p.stop_token_ids) or None,
+        ignore_eos=p.ignore_eos,
+        logprobs=p.logprobs,
+        include_stop_str_in_output=p.include_stop_str_in_output,
+    )
+
+
+class OutputConverter:
+    """Converts one request's outputs; logprobs already converted are kept, not redone."""
+
+    def __init__(self, request_id: str, prompt: list[int], top_k: int | None, arrival: float,
+                 adapter: str | None):  # fmt: skip
+        self.request_id = request_id
+        self.prompt = prompt
+        self.top_k = top_k
+        self.metrics = RequestMetrics(arrival_time=arrival)
+        self.adapter = adapter
+        self._samples: dict[int, CompletionOutput] = {}
+
+    def convert(self, out: VllmRequestOutput, now: float) -> RequestOutput:
+        for c in out.outputs:
+            self._samples[c.index] = self._completion(c)
+        if self.metrics.first_token_time is None and any(
+            s.token_ids for s in self._samples.values()
+        ):
+            self.metrics.first_token_time = now
+        if out.finished:
+            self.metrics.finished_time = now
+        samples = [self._samples[i] for i in sorted(self._samples)]
+        return RequestOutput(
+            self.request_id, self.prompt, samples, out.finished, self.metrics, self.adapter
+        )
+
+    def _completion(self, c: VllmCompletion) -> CompletionOutput:
+        token_ids = list(c.token_ids)
+        logprobs = None
+        if self.top_k is not None:
+            done = self._samples.get(c.index)
+            logprobs = list(done.logprobs or []) if done is not None else []
+            for pos in range(len(logprobs), min(len(token_ids), len(c.logprobs or []))):
+                logprobs.append(self._token_logprob(token_ids[pos], c.logprobs[pos]))
+        return CompletionOutput(
+            index=c.index, text=c.text, token_ids=token_ids, logprobs=logprobs,
+            finish_reason=c.finish_reason, stop_reason=c.stop_reason,
+        )  # fmt: skip
+
+    def _token_logprob(self, token_id: int, position) -> TokenLogprob:
+        """position: {token_id: Logprob(logprob, rank)}: the top-k plus the sampled token."""
+        ranked = sorted(
+            ((lp.rank or 0, tid, lp.logprob) for tid, lp in position.items()),
+            key=lambda r: r[0],
+        )
+        top = [(tid, lp) for rank, tid, lp in ranked if 1 <= rank <= (self.top_k or 0)]
+        chosen = position.get(token_id)
+        return TokenLogprob(token_id, float(chosen.logprob) if chosen else float("nan"), top)
