@@ -21,7 +21,7 @@ import openai
 import pytest
 
 from tests.integration.server.conftest import free_port
-from tests.vllm.models import VllmModel, build_all
+from tests.vllm.models import CONTEXT, VllmModel, build_all
 
 BASE_ID = "tiny"
 KEYS = {"admin": "k-admin", "acme": "k-acme", "globex": "k-globex"}
@@ -94,7 +94,7 @@ def server(vllm_model: VllmModel, tmp_path_factory: pytest.TempPathFactory) -> I
     cmd = [sys.executable, "-m", "deltaserve.server.cli", "serve", "--engine", "vllm",
            "--model", str(vllm_model.base), "--adapter-dir", str(vllm_model.adapters),
            "--served-model-name", BASE_ID, "--port", str(port), "--api-keys", str(keys),
-           "--data-dir", str(root / "data"), "--dtype", "float32", "--max-model-len", "256",
+           "--data-dir", str(root / "data"), "--dtype", "float32", "--max-model-len", str(CONTEXT),
            "--max-num-seqs", "8", "--max-loras", "4", "--max-lora-rank", "16",
            "--max-cpu-loras", "8", "--gpu-memory-utilization", "0.05", "--enforce-eager",
            "--vllm-engine-arg", "max_num_batched_tokens=512", "enable_prefix_caching=false",

@@ -11,7 +11,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from tests.integration.server.tiny_model import CONTEXT, build_tokenizer
+from tests.integration.server.tiny_model import build_tokenizer
+
+CONTEXT = 4096
+"""Positions of the base model (and the server's --max-model-len)."""
 
 LORAS = {  # name → (rank, target modules): different ranks, different subsets
     "r4-qv": (4, ["q_proj", "v_proj"]),

@@ -19,11 +19,13 @@ from deltaserve.router.peft_io import MIX_INFO
 from tests.integration.router.conftest import PeftOracle
 from tests.integration.server.tiny_model import build_tokenizer
 from tests.vllm.conftest import BASE_ID, VllmServer
-from tests.vllm.models import LORAS, MEMBERS, MIX, VllmModel
+from tests.vllm.models import CONTEXT, LORAS, MEMBERS, MIX, VllmModel
 
 _TOK = build_tokenizer()
 PROMPTS = [_TOK(t).input_ids for t in ("Hello, ", "The cat")]  # BOS + ASCII byte tokens
 N = 8
+LONG = 4000
+"""max_tokens of a request that runs for seconds (the server's context is CONTEXT)."""
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +68,16 @@ def metric(text: str, name: str, labels: str = "") -> float:
     m = re.search(rf"^{re.escape(name + labels)} (\S+)$", text, re.M)
     assert m, f"{name}{labels} not in /metrics"
     return float(m.group(1))
+
+
+def poll_metrics(http: httpx.Client, ok, timeout_s: float = 30.0) -> str:
+    """/metrics once `ok(text)` holds (the engine's gauges move with its steps)."""
+    deadline = time.monotonic() + timeout_s
+    while not ok(text := http.get("/metrics").text):
+        gauges = [ln for ln in text.splitlines() if ln.startswith(("deltaserve_num_", "deltaserve_lora"))]
+        assert time.monotonic() < deadline, f"/metrics never showed the expected state: {gauges}"
+        time.sleep(0.1)
+    return text
 
 
 def test_base_and_loras_in_one_batch_equal_peft(server: VllmServer, oracle, tok) -> None:
@@ -156,7 +168,7 @@ def test_sampling_stop_seed_logprobs_and_streaming(server: VllmServer) -> None:
 def test_bad_requests_get_openai_errors(server: VllmServer) -> None:
     client = server.client()
     with pytest.raises(openai.BadRequestError) as info:
-        client.completions.create(model=BASE_ID, prompt=PROMPTS[0], max_tokens=1000)
+        client.completions.create(model=BASE_ID, prompt=PROMPTS[0], max_tokens=CONTEXT + 1)
     assert "context length" in info.value.body["message"]
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="nope", prompt=PROMPTS[0], max_tokens=2)
@@ -167,23 +179,23 @@ def test_bad_requests_get_openai_errors(server: VllmServer) -> None:
 
 
 def test_abort_on_disconnect_and_metrics(server: VllmServer) -> None:
-    body = {"model": "r4-qv", "prompt": PROMPTS[0], "max_tokens": 200, "ignore_eos": True,
+    body = {"model": "r4-qv", "prompt": PROMPTS[0], "max_tokens": LONG, "ignore_eos": True,
             "temperature": 0, "stream": True}  # fmt: skip
     with server.http() as http:
-        before = metric(http.get("/metrics").text, "deltaserve_request_success_total",
-                        '{finished_reason="abort"}')  # fmt: skip
+        text = http.get("/metrics").text
+        before = metric(text, "deltaserve_request_success_total", '{finished_reason="abort"}')
+        tokens_before = metric(text, "deltaserve_generation_tokens_total")
         with http.stream("POST", "/v1/completions", json=body) as r:
             assert r.status_code == 200
-            next(r.iter_lines())  # the first event, then the client goes away
-        deadline = time.monotonic() + 60
-        while True:
-            text = http.get("/metrics").text
-            aborted = metric(text, "deltaserve_request_success_total", '{finished_reason="abort"}')
-            if aborted > before and metric(text, "deltaserve_num_requests_running") == 0:
-                break
-            assert time.monotonic() < deadline, "the disconnected request was not aborted"
-            time.sleep(0.2)
-    assert metric(text, "deltaserve_generation_tokens_total") > 0
+            lines = r.iter_lines()  # (an abandoned iterator would close the connection)
+            next(lines)  # the first event; while it runs, the gateway gauge names it
+            assert poll_metrics(http, lambda t: 'running_lora_adapters="r4-qv"' in t)
+        # ... then the client went away: the request is aborted
+        text = poll_metrics(http, lambda t: metric(
+            t, "deltaserve_request_success_total", '{finished_reason="abort"}') > before
+            and metric(t, "deltaserve_num_requests_running") == 0)  # fmt: skip
+    generated = metric(text, "deltaserve_generation_tokens_total") - tokens_before
+    assert 0 < generated < LONG  # cut short by the abort
     assert 'max_lora="4"' in text and "deltaserve_lora_requests_info" in text
     for name in ("deltaserve_kv_cache_usage_perc", "deltaserve_num_requests_waiting"):
         assert metric(text, name) >= 0

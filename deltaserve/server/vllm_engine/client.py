@@ -62,6 +62,8 @@ class VLLMEngineClient:
         self._engine: AsyncLLM | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Future] = set()
+        self._active = 0
+        """Requests between admission and their last output (vLLM's gauges lag by a step)."""
 
     # ---- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -78,7 +80,7 @@ class VLLMEngineClient:
             self._engine = None
 
     def stats(self) -> EngineStats:
-        return self._feed.stats()
+        return self._feed.stats(idle=self._active == 0)
 
     def _adapter_stats(self) -> dict:
         return {
@@ -179,10 +181,12 @@ class VLLMEngineClient:
             TokensPrompt(prompt_token_ids=list(prompt_token_ids)),
             vllm_sampling_params(params), request_id, lora_request=lora,
         )  # fmt: skip
+        self._active += 1
         try:
             async for out in stream:
                 yield conv.convert(out, time.monotonic())
         finally:
+            self._active -= 1
             await stream.aclose()  # cancelled or abandoned: vLLM aborts the request
             if lora is not None and self._ids.release(lora.lora_int_id):
                 self._remove_soon(lora.lora_int_id)

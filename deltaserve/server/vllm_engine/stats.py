@@ -24,8 +24,14 @@ class StatsFeed:
         self.snapshot = EngineStats(max_loras=max_loras)
         self._adapters = adapters
 
-    def stats(self) -> EngineStats:
-        return replace(self.snapshot, **self._adapters())
+    def stats(self, idle: bool = False) -> EngineStats:
+        """The latest snapshot; `idle` (no request in flight) clears the queue gauges, which
+        vLLM last reported while the final requests were still running."""
+        snap = replace(self.snapshot, **self._adapters())
+        if idle:
+            snap = replace(snap, num_running=0, num_waiting=0, running_adapters=[],
+                           waiting_adapters=[])  # fmt: skip
+        return snap
 
     def record(self, sched: SchedulerStats | None, it: IterationStats | None) -> None:
         s = self.snapshot
