@@ -6,7 +6,7 @@ DEMO_DIR ?= demo-model
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test test-vllm lint bench clean
+.PHONY: run test test-vllm lint bench loadtest clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,5 +56,14 @@ lint: $(VENV)/.installed-test
 bench: $(VENV)/.installed-test
 	$(BIN)/python -m benchmarks.run_w
 
+# HOST=http://...: load that server; otherwise start the demo server on a free loopback port.
+LOADTEST_DURATION ?= 30s
+LOADTEST_USERS ?= 8
+LOADTEST_OUT ?= loadtest-results
+loadtest: $(VENV)/.installed-test $(if $(findstring ://,$(HOST)),,$(DEMO_DIR)/.complete)
+	$(BIN)/python -m loadtests.run --host "$(HOST)" --duration $(LOADTEST_DURATION) \
+		--users $(LOADTEST_USERS) --out $(LOADTEST_OUT) \
+		--model $(DEMO_DIR)/base --adapter-dir $(DEMO_DIR)/adapters --served-model-name demo
+
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) $(DEMO_DIR) .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) $(DEMO_DIR) .pytest_cache $(LOADTEST_OUT)

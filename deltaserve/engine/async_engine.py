@@ -133,8 +133,7 @@ class AsyncLLMEngine:
                 logger.exception("engine step failed; aborting running requests")
                 self._fail_all(e)
                 continue
-            for out in outputs:
-                self._deliver(out.request_id, out)
+            self._deliver_all(outputs)
             self._stats = eng.stats()
 
     def _drain_inbox(self) -> None:
@@ -151,6 +150,17 @@ class AsyncLLMEngine:
             if out is not None:
                 self._deliver(out.request_id, out)
 
+    def _deliver_all(self, outputs: list[RequestOutput]) -> None:
+        """One wake-up of each event loop per step, not one per request: every
+        call_soon_threadsafe writes to the loop's self-pipe and costs the loop a wake-up."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, RequestOutput]]] = {}
+        for out in outputs:
+            stream = self._streams.get(out.request_id)
+            if stream is not None:
+                by_loop.setdefault(stream.loop, []).append((stream.queue, out))
+        for loop, items in by_loop.items():
+            loop.call_soon_threadsafe(_put_all, items)
+
     def _deliver(self, request_id: str, item) -> None:
         stream = self._streams.get(request_id)
         if stream is not None:
@@ -160,3 +170,8 @@ class AsyncLLMEngine:
         for rid in list(self.engine.requests):
             self.engine.abort(rid)
             self._deliver(rid, EngineDeadError(f"engine step failed: {error}"))
+
+
+def _put_all(items: list[tuple[asyncio.Queue, RequestOutput]]) -> None:
+    for queue, out in items:
+        queue.put_nowait(out)

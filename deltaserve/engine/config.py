@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
+from deltaserve.engine.hardware import auto_dtype
+
 SUPPORTED_ARCHS = {"llama", "mistral", "qwen2"}
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -118,8 +120,9 @@ class EngineConfig:
     model: str
     """Path to an HF model directory (config.json + safetensors + tokenizer files)."""
     dtype: str = "auto"
-    """auto | float32 | bfloat16 | float16. auto: bfloat16 where the device runs it fast, else the
-    checkpoint's dtype, float32 as a last resort."""
+    """auto | float32 | bfloat16 | float16. auto: on CUDA bfloat16 (float16 where the GPU lacks
+    it); on CPU bfloat16 only where the CPU computes it natively (AVX512-BF16 or AMX-BF16), else
+    float32 — whatever the checkpoint's dtype (see engine/hardware.py)."""
     device: str = "auto"
     """auto | cpu | cuda."""
     max_num_seqs: int = 64
@@ -135,13 +138,15 @@ class EngineConfig:
     the free memory after the model is loaded."""
     gpu_memory_utilization: float = 0.85
     """Share of free CUDA memory (after loading weights) given to the KV cache."""
-    max_loras: int = 8
-    """Distinct adapters allowed in one step (the gateway's `max_lora`)."""
+    max_loras: int | None = None
+    """Explicit cap on distinct adapters in one step. None: as many as the device adapter
+    pool's byte budget holds (counting each adapter's real ranks), up to max_num_seqs."""
     max_lora_rank: int = 64
     """Largest LoRA rank accepted."""
     adapter_device_bytes: int | None = None
-    """Byte budget of the device adapter pool. Default: enough for max_loras adapters of
-    max_lora_rank on every target module (so a full step always fits)."""
+    """Byte budget of the device adapter pool. Default: with max_loras set, enough for max_loras
+    adapters of max_lora_rank on every target module (so a full step always fits); else
+    hardware.ADAPTER_POOL_MEMORY_SHARE (10%) of the device's memory (RAM on CPU)."""
     max_cpu_adapters: int = 128
     """Adapters kept in host memory behind the device pool (LRU)."""
     adapter_host_bytes: int = 4 << 30
@@ -161,15 +166,13 @@ class EngineConfig:
     num_threads: int | None = None
     """torch intra-op threads on CPU (None: torch's default)."""
 
-    def torch_dtype(self, model_cfg: ModelConfig, device: torch.device) -> torch.dtype:
+    def torch_dtype(self, device: torch.device) -> tuple[torch.dtype, str]:
+        """The serving dtype and why it was chosen (logged at start-up)."""
         if self.dtype != "auto":
             if self.dtype not in _DTYPES:
                 raise ValueError(f"dtype must be auto|float32|bfloat16|float16, got {self.dtype!r}")
-            return _DTYPES[self.dtype]
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        ckpt = _DTYPES.get(str(model_cfg.torch_dtype))
-        return ckpt if ckpt is not None else torch.float32
+            return _DTYPES[self.dtype], "set explicitly"
+        return auto_dtype(device)
 
     def resolve_device(self) -> torch.device:
         if self.device == "auto":

@@ -64,7 +64,6 @@ def _attention_meta(starts, q_lens, ctx_lens, tables, q_rows, slots, bs: int,
     for i, t in enumerate(tables):
         k = min(len(t), nb)
         bt[i, :k] = torch.tensor(t[:k], dtype=torch.long)
-    kv_index = (bt.unsqueeze(-1) * bs + torch.arange(bs)).view(bsz, nb * bs)  # [B, Lk]
     lq = max(q_lens)
     decode_only = lq == 1
     q_len_t = torch.tensor(q_lens)
@@ -80,7 +79,8 @@ def _attention_meta(starts, q_lens, ctx_lens, tables, q_rows, slots, bs: int,
     mask[:, :, 0] |= pad_q  # padded query rows attend to one key (avoids NaN; discarded)
     meta = AttentionMeta(
         slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
-        kv_index=kv_index.to(dev),
+        block_tables=bt.to(dev),
+        block_size=bs,
         mask=mask.unsqueeze(1).to(dev),
         decode_only=decode_only,
     )

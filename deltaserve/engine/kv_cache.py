@@ -55,14 +55,15 @@ def kv_bytes_per_block(cfg: ModelConfig, block_size: int, dtype: torch.dtype) ->
 
 
 class KVCache:
-    """Per layer (K, V) tensors of shape [num_blocks * block_size, kv_heads, head_dim]."""
+    """Per layer (K, V) tensors of shape [kv_heads, num_blocks * block_size, head_dim]
+    (head-major: see layers/attention.py)."""
 
     def __init__(
         self, cfg: ModelConfig, num_blocks: int, block_size: int, device: torch.device,
         dtype: torch.dtype,
     ):
         slots = num_blocks * block_size
-        shape = (slots, cfg.num_key_value_heads, cfg.head_dim)
+        shape = (cfg.num_key_value_heads, slots, cfg.head_dim)
         self.layers = [
             (torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
             for _ in range(cfg.num_hidden_layers)

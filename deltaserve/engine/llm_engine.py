@@ -15,9 +15,16 @@ from deltaserve.engine.adapters.proxy import SmallModels, load_proxy, read_token
 from deltaserve.engine.adapters.sparse_delta import load_sparse_delta
 from deltaserve.engine.config import EngineConfig, ModelConfig
 from deltaserve.engine.detokenizer import append_text, find_stop, flush_text
+from deltaserve.engine.hardware import (
+    ADAPTER_POOL_MEMORY_SHARE,
+    device_memory_bytes,
+    keep_freed_memory,
+)
 from deltaserve.engine.kv_cache import BlockAllocator, KVCache, kv_bytes_per_block
 from deltaserve.engine.model_runner import ModelRunner
 from deltaserve.engine.models.loader import load_model
+from deltaserve.engine.ops import lora_cpu
+from deltaserve.engine.ops.lora import tune_shrink
 from deltaserve.engine.outputs import CompletionOutput, RequestOutput, TokenLogprob
 from deltaserve.engine.protocol import EngineStats
 from deltaserve.engine.proxy_runner import ProxyRunner
@@ -38,14 +45,24 @@ class LLMEngine:
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         self.device = config.resolve_device()
+        if self.device.type == "cpu" and not keep_freed_memory():
+            logger.info("malloc tuning unavailable (not glibc): step temporaries may page-fault")
         self.model_config = ModelConfig.from_dir(config.model)
-        self.dtype = config.torch_dtype(self.model_config, self.device)
+        self.dtype, dtype_reason = config.torch_dtype(self.device)
+        logger.info("serving dtype %s on %s: %s", str(self.dtype).removeprefix("torch."),
+                    self.device, dtype_reason)
         mc = self.model_config
         self.max_model_len = min(config.max_model_len or mc.max_position_embeddings,
                                  mc.max_position_embeddings)
         self.model = load_model(config.model, mc, self.max_model_len, self.device, self.dtype)
+        rows = tune_shrink(self.device, self.dtype, mc.hidden_size)
+        logger.info("LoRA shrink: transposed form up to %d rows per adapter on this machine", rows)
+        if self.device.type == "cpu":  # compiled now, not in the first step
+            logger.info("CPU LoRA kernel for decode steps: %s",
+                        "built" if lora_cpu.available() else "unavailable (PyTorch path)")
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.model)
         self.eos_token_ids = set(mc.eos_token_ids)
+        self._adapter_budget = config.adapter_device_bytes or self._default_adapter_budget()
         num_blocks = self._num_kv_blocks()
         self.small_models = SmallModels(
             mc, read_tokenizer_vocab(config.model), self._proxy_budget, num_blocks,
@@ -55,7 +72,7 @@ class LLMEngine:
         self.kv_cache = KVCache(mc, num_blocks, config.block_size, self.device, self.dtype)
         self.pool = AdapterPool(
             self._load_adapter, self.device, self.dtype,
-            device_budget_bytes=config.adapter_device_bytes or self._default_adapter_budget(),
+            device_budget_bytes=self._adapter_budget,
             host_max_adapters=config.max_cpu_adapters,
             host_budget_bytes=config.adapter_host_bytes,
         )
@@ -70,7 +87,8 @@ class LLMEngine:
         self.scheduler = Scheduler(
             SchedulerConfig(
                 max_num_seqs=config.max_num_seqs, max_num_batched_tokens=budget,
-                max_loras=config.max_loras, adapter_budget_bytes=self.pool.device_budget_bytes,
+                max_loras=config.max_loras or config.max_num_seqs,
+                adapter_budget_bytes=self.pool.device_budget_bytes,
                 mixed_prefill_decode=config.mixed_prefill_decode,
             ),
             self.block_allocator,
@@ -102,8 +120,8 @@ class LLMEngine:
         budget = budget or _CPU_KV_DEFAULT
         self._proxy_budget = cfg.proxy_memory_bytes if cfg.proxy_memory_bytes is not None \
             else budget // 4
-        if auto_cuda:  # the small models' memory comes out of the automatic KV budget
-            budget -= self._proxy_budget
+        if auto_cuda:  # small models and adapters come out of the automatic KV budget
+            budget -= self._proxy_budget + self._adapter_budget
         num_blocks = budget // per_block
         need = -(-self.max_model_len // cfg.block_size) + 1
         if num_blocks < need:
@@ -115,11 +133,28 @@ class LLMEngine:
         return int(num_blocks)
 
     def _default_adapter_budget(self) -> int:
-        """Room for max_loras adapters of max_lora_rank on every module, so any step fits."""
+        """With max_loras: room for that many adapters of max_lora_rank on every module, so any
+        step fits. Without: a share of the device's memory (the scheduler then admits as many
+        distinct adapters per step as their real sizes fit)."""
+        if self.config.max_loras is not None:
+            return self.config.max_loras * self._max_lora_bytes()
+        return int(ADAPTER_POOL_MEMORY_SHARE * device_memory_bytes(self.device))
+
+    def _max_lora_bytes(self) -> int:
+        """Device bytes of the largest LoRA accepted: max_lora_rank on every module."""
         ins, outs = self.model.in_sizes(), self.model.out_sizes()
         per_rank = sum(ins[m] + outs[m] for m in ins) * self.model_config.num_hidden_layers
         elem = torch.tensor([], dtype=self.dtype).element_size()
-        return self.config.max_loras * self.config.max_lora_rank * per_rank * elem
+        return self.config.max_lora_rank * per_rank * elem
+
+    @property
+    def effective_max_loras(self) -> int:
+        """Distinct adapters a step can always hold: the explicit cap, else as many of the
+        largest LoRAs as the pool's budget fits (smaller ones fit more), at most max_num_seqs."""
+        if self.config.max_loras is not None:
+            return self.config.max_loras
+        fit = self.pool.device_budget_bytes // max(1, self._max_lora_bytes())
+        return max(1, min(self.config.max_num_seqs, fit))
 
     def _load_adapter(self, req: AdapterRequest) -> Adapter:
         ins, outs, layers = self.model.in_sizes(), self.model.out_sizes(), self.model_config.num_hidden_layers
@@ -255,7 +290,10 @@ class LLMEngine:
             touched[seq.request.request_id] = seq.request
         outputs = []
         for req in touched.values():
-            outputs.append(self._finish_request(req) if req.finished else self._output(req))
+            if req.finished:
+                outputs.append(self._finish_request(req))
+            elif req.params.output_kind == "cumulative":
+                outputs.append(self._output(req))
         return outputs
 
     def _check_stop(self, seq: Sequence) -> None:
@@ -320,7 +358,9 @@ class LLMEngine:
             num_running=len(self.scheduler.running),
             num_waiting=len(self.scheduler.waiting),
             kv_cache_usage=self.block_allocator.usage,
-            max_loras=self.config.max_loras,
+            max_loras=self.effective_max_loras,
+            device=self.device.type,
+            dtype=str(self.dtype).removeprefix("torch."),
             running_adapters=self._names(self.scheduler.running),
             waiting_adapters=self._names(self.scheduler.waiting),
             num_preemptions_total=self.scheduler.num_preemptions,

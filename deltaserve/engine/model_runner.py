@@ -122,22 +122,26 @@ class ModelRunner:
         """
         cached = set(self._stack_keys)
         wanted = set(keys)
-        if self._stack is not None and len(cached | wanted) <= 2 * len(wanted):
+        # Appending keeps the stack's departed adapters resident: only while the union fits
+        # the pool's byte budget (the scheduler budgets the running adapters alone).
+        union_fits = sum(map(self.pool.device_bytes, cached | wanted)) <= \
+            self.pool.device_budget_bytes
+        if self._stack is not None and len(cached | wanted) <= 2 * len(wanted) and union_fits:
             if wanted <= cached:
                 return self._stack_keys
             new = sorted(wanted - cached)
-            grown = self._stack.extended(self._build_stack(new, protected))
+            grown = self._stack.extended(self._build_stack(new, protected | cached))
             if grown is not None:
                 self._stack, self._stack_keys = grown, self._stack_keys + new
                 return self._stack_keys
         order = sorted(keys)
-        self._stack = None  # free the old stack before building the new one
+        self._stack, self._stack_keys = None, []  # free the old stack before building anew
         self._stack = self._build_stack(order, protected)
         self._stack_keys = order
         return order
 
     def _build_stack(self, keys: list[str], protected: set[str]) -> LoRAStack:
-        adapters = self.pool.on_device(keys, protected | set(self._stack_keys))
+        adapters = self.pool.on_device(keys, protected)
         return LoRAStack(
             [a.tensors for a in adapters], self.model.out_sizes(), self.cfg.num_hidden_layers,
             self.device, self.dtype,

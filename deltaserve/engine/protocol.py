@@ -21,6 +21,10 @@ class EngineStats:
     """Fraction (0..1) of KV blocks in use."""
     max_loras: int = 0
     """Distinct adapters allowed in one step."""
+    device: str = ""
+    """Where the base model runs ('cpu', 'cuda')."""
+    dtype: str = ""
+    """The serving dtype ('float32', 'bfloat16', 'float16')."""
     running_adapters: list[str] = field(default_factory=list)
     waiting_adapters: list[str] = field(default_factory=list)
     num_preemptions_total: int = 0

@@ -10,6 +10,7 @@ one batch with each row twice (as anti, and as expert through the multi-LoRA pat
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -31,6 +32,10 @@ class ProxyRunner:
                  dtype: torch.dtype):
         self._lookup = lookup  # adapter key → loaded adapter (the pool's peek)
         self.block_size, self.device, self.dtype = block_size, device, dtype
+        # Per small model: the expert LoRAs last stacked (sorted keys) and their stack, reused
+        # while a step's experts are the same (decode steps of a steady batch).
+        self._stacks: weakref.WeakKeyDictionary[SmallModel, tuple[tuple[str, ...], LoRAStack]] = \
+            weakref.WeakKeyDictionary()  # a small model unloaded takes its stack along
 
     def proxy_of(self, seq: Sequence) -> ProxyAdapter | None:
         if seq.adapter_key is None:
@@ -106,22 +111,21 @@ class ProxyRunner:
 
     def _lora_batch(self, sm: SmallModel, ents: list[_Entry]) -> AdapterBatch | None:
         """Expert rows whose expert is a LoRA on `sm` go through the multi-LoRA path."""
-        loras: dict[str, int] = {}
-        adapters = []
+        experts = {px.lora_key: px.expert_lora.tensors for _, role, _, px in ents
+                   if role == "expert" and px.expert_lora is not None}
+        if not experts:
+            return None
+        keys = tuple(sorted(experts))
+        slot_of = {k: i for i, k in enumerate(keys)}
         slots: list[int] = []
         for _, role, item, px in ents:
-            slot = -1
-            if role == "expert" and px.expert_lora is not None:
-                if px.lora_key not in loras:
-                    loras[px.lora_key] = len(adapters)
-                    adapters.append(px.expert_lora.tensors)
-                slot = loras[px.lora_key]
-            slots.extend([slot] * item.num_new_tokens)
-        if not adapters:
-            return None
-        m = sm.model
-        stack = LoRAStack(adapters, m.out_sizes(), sm.cfg.num_hidden_layers, self.device,
-                          self.dtype)
-        return AdapterBatch(lora_stack=stack,
-                            lora_rows=LoRARows.build(slots, len(adapters), self.device,
-                                                     self.dtype))
+            expert = role == "expert" and px.expert_lora is not None
+            slots.extend([slot_of[px.lora_key] if expert else -1] * item.num_new_tokens)
+        cached = self._stacks.get(sm)
+        if cached is None or cached[0] != keys:
+            m = sm.model
+            stack = LoRAStack([experts[k] for k in keys], m.out_sizes(), sm.cfg.num_hidden_layers,
+                              self.device, self.dtype)
+            cached = self._stacks[sm] = (keys, stack)
+        return AdapterBatch(lora_stack=cached[1],
+                            lora_rows=LoRARows.build(slots, len(keys), self.device, self.dtype))

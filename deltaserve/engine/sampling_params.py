@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 # Upper bound on top-k logprobs a request may ask for (OpenAI allows 20 for chat, 5 for completions).
 MAX_LOGPROBS = 20
+OUTPUT_KINDS = ("cumulative", "final_only")
 
 
 @dataclass
@@ -41,6 +42,9 @@ class SamplingParams:
     """Keep the matched stop string at the end of the output text."""
     proxy_alpha: float | None = None
     """deltaserve extension: α of a proxy adapter for this request (None: the adapter's)."""
+    output_kind: str = "cumulative"
+    """cumulative: an output after every step (streaming); final_only: only the finished one
+    (vLLM's RequestOutputKind.FINAL_ONLY) — no per-token work for whoever does not stream."""
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -73,6 +77,8 @@ class SamplingParams:
             raise ValueError(f"logprobs must be between 0 and {MAX_LOGPROBS}, got {self.logprobs}")
         if any(not s for s in self.stop):
             raise ValueError("stop strings must be non-empty")
+        if self.output_kind not in OUTPUT_KINDS:
+            raise ValueError(f"output_kind must be one of {OUTPUT_KINDS}, got {self.output_kind!r}")
         if self.proxy_alpha is not None and (
             self.proxy_alpha != self.proxy_alpha or abs(self.proxy_alpha) == float("inf")
         ):

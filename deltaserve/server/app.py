@@ -15,7 +15,7 @@ from deltaserve.server.adapters import AdapterResolver, DirectoryAdapterResolver
 from deltaserve.server.auth import DEFAULT_TENANT, ApiKeyAuth
 from deltaserve.server.engine_factory import build_engine
 from deltaserve.server.errors import install_error_handlers
-from deltaserve.server.middleware import BodySizeLimitMiddleware
+from deltaserve.server.middleware import BodySizeLimitMiddleware, HttpMetricsMiddleware
 from deltaserve.server.mixing import build_mixer, forget_member_content
 from deltaserve.server.routes import admin, health, openai_api
 from deltaserve.server.settings import Settings
@@ -60,6 +60,8 @@ def create_app(
         max_bytes=settings.max_body_bytes,
         streamed={"/v1/adapters": upload_limit},
     )
+    # Outermost, so that the body-size refusals (413) are counted too.
+    app.add_middleware(HttpMetricsMiddleware, record=state.metrics.record_http)
     return app
 
 

@@ -145,7 +145,9 @@ class GenerationRun:
         now = time.monotonic()
         self.last[i] = out
         if self._first_token[i] is None and any(o.token_ids for o in out.outputs):
-            self._first_token[i] = now
+            # The engine's own stamp (same monotonic clock): a final-only output arrives long
+            # after its first token.
+            self._first_token[i] = out.metrics.first_token_time or now
         if out.finished:
             self._record(i, out, now)
 

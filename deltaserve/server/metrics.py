@@ -72,6 +72,8 @@ class _EngineCollector(Collector):
             s.last_batch_adapters,
         )
         yield _lora_info(s)
+        yield _engine_info(s)
+        yield from self._extra.health_families()
         yield from self._extra.resident_families(s)
         yield _counter(
             "deltaserve_num_preemptions",
@@ -91,6 +93,17 @@ def _lora_info(s: EngineStats) -> GaugeMetricFamily:
     )
     labels = [str(s.max_loras), ",".join(s.running_adapters), ",".join(s.waiting_adapters)]
     info.add_metric(labels, time.time())
+    return info
+
+
+def _engine_info(s: EngineStats) -> GaugeMetricFamily:
+    """Constant 1, labelled with what the engine chose at start-up (device, dtype)."""
+    info = GaugeMetricFamily(
+        "deltaserve_engine_info",
+        "The engine's configuration chosen at start-up (value always 1).",
+        labels=["device", "dtype", "max_lora"],
+    )
+    info.add_metric([s.device, s.dtype, str(s.max_loras)], 1)
     return info
 
 
@@ -140,6 +153,11 @@ class ServerMetrics:
             "Time to bring an adapter into a tier (from the next tier out).",
             ["tier"], buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
+        self.http_requests = Counter(
+            "deltaserve_http_requests",
+            "HTTP responses by tenant, route template and status code.",
+            ["tenant", "route", "code"], registry=r,
+        )  # fmt: skip
         for reason in FINISH_REASONS:
             self.request_success.labels(reason)
         for tier in TIERS:
@@ -148,11 +166,29 @@ class ServerMetrics:
         self._hits = dict.fromkeys(TIERS, 0)
         self._misses = dict.fromkeys(TIERS, 0)
         self._store_stats: Callable[[], dict[str, tuple[int, int]]] | None = None
+        self._health: Callable[[], tuple[bool, bool | None]] | None = None
         r.register(_EngineCollector(stats, self))
 
     def set_store_stats(self, stats: Callable[[], dict[str, tuple[int, int]]]) -> None:
         """The adapter store's (count, bytes) per tier it owns (redis, origin)."""
         self._store_stats = stats
+
+    def set_health(self, health: Callable[[], tuple[bool, bool | None]]) -> None:
+        """(ready as /ready reports it, Redis reachable — None when no Redis is configured)."""
+        self._health = health
+
+    def record_http(self, tenant: str, route: str, code: int) -> None:
+        """One HTTP response; `route` is the route template (bounded), tenants come from keys."""
+        self.http_requests.labels(tenant, route, str(code)).inc()
+
+    def health_families(self) -> Iterator[Metric]:
+        """`deltaserve_ready` (1/0) and, with a Redis backend, `deltaserve_redis_up` (1/0)."""
+        ready, redis_up = self._health() if self._health is not None else (False, None)
+        yield _gauge("deltaserve_ready", "1 when /ready answers 200, else 0.", float(ready))
+        if redis_up is not None:
+            yield _gauge(
+                "deltaserve_redis_up", "1 while the shared Redis store is reachable.", redis_up
+            )
 
     def record_request(
         self,

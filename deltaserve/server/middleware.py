@@ -1,9 +1,10 @@
-"""ASGI middleware: request body size limit (413 before the app parses anything)."""
+"""ASGI middleware: request body size limit (413 before the app parses anything), HTTP metrics."""
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -105,3 +106,36 @@ def _content_length(scope: Scope) -> int | None:
             except ValueError:
                 return None
     return None
+
+
+class HttpMetricsMiddleware:
+    """Counts every HTTP response by tenant, route template and status code.
+
+    The route template (`/v1/adapters/{name}`, never the raw path) comes from the route FastAPI
+    matched (it records itself in the scope); requests that matched none count as "unmatched".
+    The tenant is what authentication put in the request state ("none" before or without it).
+    An exception escaping the app counts as a 500 and propagates.
+    """
+
+    def __init__(self, app: ASGIApp, record: Callable[[str, str, int], None]):
+        self.app = app
+        self.record = record
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def capture(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            tenant = (scope.get("state") or {}).get("tenant") or "none"
+            self.record(str(tenant), route, status)

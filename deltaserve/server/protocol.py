@@ -227,6 +227,8 @@ class ModelCard(BaseModel):
     kind: str | None = None
     """deltaserve extension: the adapter kind (lora, sparse_delta, proxy, mix); None = base."""
     max_model_len: int | None = None
+    dtype: str | None = None
+    """deltaserve extension, on the base's entry: the dtype the engine serves in."""
 
 
 class ModelList(BaseModel):

@@ -93,6 +93,7 @@ def sampling_params(
             logprobs=logprobs,
             include_stop_str_in_output=req.include_stop_str_in_output,
             proxy_alpha=req.proxy_alpha,
+            output_kind="cumulative" if req.stream else "final_only",
         )
     except ValueError as exc:
         raise BadRequestError(str(exc)) from exc

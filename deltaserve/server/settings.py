@@ -57,13 +57,26 @@ class Settings(BaseSettings):
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto",
-        description="Weight/activation dtype (auto: bfloat16 on CUDA; on CPU the checkpoint's dtype, float32 if it names none).",
+        description="Weight/activation dtype (auto: bfloat16 on CUDA; on CPU bfloat16 only where "
+        "the CPU computes it natively (AVX512-BF16 or AMX-BF16), else float32).",
     )
     max_num_seqs: int = Field(
         64, ge=1, description="Most sequences in one engine step (batch size cap)."
     )
-    max_gpu_adapters: int = Field(
-        8, ge=1, description="Most distinct adapters in one engine step (device adapter slots)."
+    max_loras: int | None = Field(
+        None,
+        ge=1,
+        description="Explicit cap on distinct adapters in one engine step (unset: as many as "
+        "fit the device adapter pool's byte budget, counting each adapter's real ranks).",
+    )
+    max_gpu_adapters: int | None = Field(
+        None, ge=1, description="Deprecated name of --max-loras (used when --max-loras is unset)."
+    )
+    adapter_pool_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="Byte budget of the device adapter pool (unset: room for --max-loras "
+        "adapters of --max-lora-rank when that is set, else 10% of the device's memory).",
     )
     max_cpu_adapters: int = Field(
         64, ge=1, description="Most adapters kept loaded in host memory (LRU beyond that)."
@@ -93,9 +106,6 @@ class Settings(BaseSettings):
     gpu_memory_utilization: float = Field(
         0.9, gt=0, le=1, description="vllm: fraction of the GPU memory vLLM may use (weights + KV "
         "cache)."
-    )
-    max_loras: int | None = Field(
-        None, ge=1, description="vllm: most LoRAs in one batch (default: --max-gpu-adapters)."
     )
     max_cpu_loras: int | None = Field(
         None, ge=1, description="vllm: most LoRAs cached in host memory (default: "

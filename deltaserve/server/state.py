@@ -66,6 +66,13 @@ class ServerState:
 
     def __post_init__(self) -> None:
         self.metrics = ServerMetrics(self.engine_stats)
+        self.metrics.set_health(self.health)
+
+    def health(self) -> tuple[bool, bool | None]:
+        """(ready to serve, Redis reachable — None without a Redis backend), for the metrics."""
+        store_ok = self.store is None or self.store.healthy
+        ready = self.ready and not self.draining and store_ok
+        return ready, (store_ok if self.settings.redis_url else None)
 
     @property
     def in_flight(self) -> int:
@@ -129,10 +136,12 @@ StateDep = Annotated[ServerState, Depends(get_state)]
 
 
 def get_principal(
-    state: StateDep, authorization: Annotated[str | None, Header()] = None
+    state: StateDep, request: Request, authorization: Annotated[str | None, Header()] = None
 ) -> Principal:
     """The authenticated caller (401 without a valid key when keys are configured)."""
-    return state.auth.authenticate(authorization)
+    principal = state.auth.authenticate(authorization)
+    request.state.tenant = principal.tenant  # the HTTP metrics label the response with it
+    return principal
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

@@ -197,6 +197,7 @@ def test_abort_on_disconnect_and_metrics(server: VllmServer) -> None:
     generated = metric(text, "deltaserve_generation_tokens_total") - tokens_before
     assert 0 < generated < LONG  # cut short by the abort
     assert 'max_lora="4"' in text and "deltaserve_lora_requests_info" in text
+    assert 'deltaserve_engine_info{device="cpu",dtype="float32",max_lora="4"} 1.0' in text
     for name in ("deltaserve_kv_cache_usage_perc", "deltaserve_num_requests_waiting"):
         assert metric(text, name) >= 0
     assert metric(text, "deltaserve_time_to_first_token_seconds_count") > 0

@@ -7,6 +7,7 @@ folded into B at load time so the batched op needs no per-row scale.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -33,13 +34,18 @@ class LoRAAdapter:
     rank: int
     tensors: LoRATensors
 
-    @property
+    # The tensors never change after loading; the pool and scheduler ask for sizes every step.
+    @functools.cached_property
     def nbytes(self) -> int:
         return sum(a.nbytes + b.nbytes for a, b in self.tensors.values())
 
+    @functools.cached_property
+    def _numel(self) -> int:
+        return sum(a.numel() + b.numel() for a, b in self.tensors.values())
+
     def device_nbytes(self, elem: int) -> int:
         """Bytes on the device with `elem`-byte elements (the compute dtype)."""
-        return sum(a.numel() + b.numel() for a, b in self.tensors.values()) * elem
+        return self._numel * elem
 
     def to(self, device: torch.device, dtype: torch.dtype) -> LoRAAdapter:
         moved = {k: (a.to(device, dtype), b.to(device, dtype)) for k, (a, b) in self.tensors.items()}

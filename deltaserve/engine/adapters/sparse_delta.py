@@ -9,6 +9,7 @@ gate/up/down projections can be served: a delta of embeddings, lm_head or a norm
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -35,15 +36,16 @@ class SparseDeltaAdapter:
     tensors: DeltaTensors
     config: dict = field(default_factory=dict)
 
-    @property
+    # The tensors never change after loading; the pool and scheduler ask for sizes every step.
+    @functools.cached_property
     def nbytes(self) -> int:
         return sum(i.nbytes + v.nbytes for i, v in self.tensors.values())
 
     def device_nbytes(self, elem: int) -> int:
         """Bytes on the device: long indices plus values in the compute dtype (`elem` bytes)."""
-        return sum(i.numel() * 8 + v.numel() * elem for i, v in self.tensors.values())
+        return self.nnz * (8 + elem)
 
-    @property
+    @functools.cached_property
     def nnz(self) -> int:
         return sum(v.numel() for _, v in self.tensors.values())
 

@@ -10,9 +10,12 @@ them once per row (a per-row gather) would multiply the memory traffic by the ro
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
+
+from deltaserve.engine.ops import lora_cpu
 
 # Which HF module names each fused projection of a decoder layer carries, in output order.
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -162,6 +165,14 @@ class LoRARows:
     contiguous: bool = False
     """Adapter i's rows are exactly packed rows [i*m, (i+1)*m) (the runner sorts rows by
     adapter, base rows last): then no gather or scatter is needed at all."""
+    segments: tuple[torch.Tensor, torch.Tensor] | None = None
+    """(start [n], length [n]) int64 on the CPU when every adapter's rows are one run of
+    packed rows (the runner sorts rows by adapter), whatever their counts: the CPU kernel
+    (ops/lora_cpu.py) then walks them in place, without padding or gathers."""
+    max_rows: int = 0
+    """Most rows any one adapter has in this step."""
+    real_rows: int = 0
+    """Rows that use one of the n adapters in this step."""
 
     @classmethod
     def build(
@@ -172,11 +183,17 @@ class LoRARows:
         for t, s in enumerate(row_slots):
             if s >= 0:
                 buckets[s].append(t)
+        max_rows = max((len(b) for b in buckets), default=0)
+        segments = None
+        if all(b == list(range(b[0], b[0] + len(b))) for b in buckets if b):
+            segments = (torch.tensor([b[0] if b else 0 for b in buckets], dtype=torch.long),
+                        torch.tensor([len(b) for b in buckets], dtype=torch.long))
         sizes = {len(b) for b in buckets}
         if len(sizes) == 1 and 0 not in sizes and all(b == list(range(i * len(b), (i + 1) * len(b)))
                                    for i, b in enumerate(buckets)):
             m = sizes.pop()
-            return cls(_EMPTY, _EMPTY, _EMPTY, n, m, contiguous=True)
+            return cls(_EMPTY, _EMPTY, _EMPTY, n, m, contiguous=True, segments=segments,
+                       max_rows=max_rows, real_rows=n * m)
         has_other = len(row_slots) > sum(len(b) for b in buckets)
         # One spare padding row when some rows use no LoRA: they all read it (adapter 0's
         # last row, which is padding since m exceeds every adapter's row count).
@@ -196,6 +213,9 @@ class LoRARows:
             torch.tensor(inv, dtype=torch.long, device=device),
             n,
             m,
+            segments=segments,
+            max_rows=max_rows,
+            real_rows=sum(len(b) for b in buckets),
         )
 
 
@@ -205,8 +225,16 @@ def lora_grouped(x: torch.Tensor, y: torch.Tensor, gw: _GroupWeights, rows: LoRA
     x: [T, d_in]; y: [T, d_out_total] (the fused projection's output, subs in order).
     """
     n, m = rows.n, rows.m
+    if rows.segments is not None and lora_cpu.supports(x, rows.max_rows):
+        lora_cpu.lora_segments(x.contiguous(), y, gw.a, [s.b for s in gw.subs],
+                               [s.out_offset for s in gw.subs], gw.rank, *rows.segments)
+        return
     if rows.contiguous:
         _lora_contiguous(x[: n * m].view(n, m, -1), y[: n * m].view(n, m, -1), gw)
+        return
+    if rows.segments is not None and rows.real_rows >= _SEGMENT_LOOP_MIN_ROWS * n \
+            and n * m > _SEGMENT_LOOP_WASTE * rows.real_rows:
+        _lora_segment_loop(x, y, gw, rows.segments)
         return
     xg = x.index_select(0, rows.flat_index).view(n, m, -1)  # [n, m, d_in]
     h = _shrink(xg, gw.a).mul_(rows.pad_mask)  # [n, m, S*r]; padding rows zeroed
@@ -225,16 +253,72 @@ def lora_grouped(x: torch.Tensor, y: torch.Tensor, gw: _GroupWeights, rows: LoRA
 def _shrink(xg: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """xg: [n, m, d_in], a: [n, R, d_in] -> [n, m, R] (contiguous).
 
-    With few rows per adapter (decode) the product is computed transposed, A · xgᵀ: the
-    matmul kernels handle a tall-skinny [R, d_in] x [d_in, m] much better than [m, d_in] x
-    [d_in, R] for tiny m (measured ~1.2-1.6x on CPU).
+    With few rows per adapter (decode) some CPUs' matmul kernels handle the transposed product
+    A · xgᵀ (a tall-skinny [R, d_in] x [d_in, m]) much better than [m, d_in] x [d_in, R], others
+    the reverse (measured ~2x either way between an AMX Xeon and a Zen 4): `tune_shrink` picks
+    per machine at start-up.
     """
-    if xg.shape[1] <= _TRANSPOSED_SHRINK_MAX_ROWS:
+    if xg.shape[1] <= _SHRINK_TRANSPOSED_MAX_ROWS.get((xg.device.type, xg.dtype), 0):
         return torch.bmm(a, xg.transpose(1, 2)).transpose(1, 2).contiguous()
     return torch.bmm(xg, a.transpose(1, 2))
 
 
-_TRANSPOSED_SHRINK_MAX_ROWS = 16
+_SHRINK_TRANSPOSED_MAX_ROWS: dict[tuple[str, torch.dtype], int] = {}
+"""(device type, dtype) -> most rows per adapter for which the transposed shrink is faster."""
+
+
+def tune_shrink(device: torch.device, dtype: torch.dtype, d_in: int, rank: int = 48) -> int:
+    """Time both shrink forms at 1..16 rows per adapter on this machine; remember (and return)
+    up to how many rows the transposed one wins. CPU only (CUDA keeps the direct form)."""
+    if device.type != "cpu":
+        return 0
+    n, best = 16, 0
+    for m in (1, 2, 4, 8, 16):
+        xg = torch.randn(n, m, d_in, dtype=dtype)
+        a = torch.randn(n, rank, d_in, dtype=dtype)
+        direct = _min_time(lambda: torch.bmm(xg, a.transpose(1, 2)))  # noqa: B023
+        transposed = _min_time(
+            lambda: torch.bmm(a, xg.transpose(1, 2)).transpose(1, 2).contiguous())  # noqa: B023
+        if transposed >= direct:
+            break
+        best = m
+    _SHRINK_TRANSPOSED_MAX_ROWS[(device.type, dtype)] = best
+    return best
+
+
+def _min_time(fn, reps: int = 5, rounds: int = 3) -> float:
+    """Best of `rounds` averages: robust to another process taking the CPU for a moment."""
+    fn()
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+_SEGMENT_LOOP_MIN_ROWS = 32
+"""Rows per adapter (on average) from which one matmul per adapter beats padding (prefills)."""
+_SEGMENT_LOOP_WASTE = 1.5
+"""Padding overhead (padded rows / real rows) above which the per-adapter loop is used."""
+
+
+def _lora_segment_loop(x: torch.Tensor, y: torch.Tensor, gw: _GroupWeights,
+                       segments: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """Uneven prefills: each adapter's run of rows through its own matmuls, no padding.
+
+    x: [T, d_in]; y: [T, d_out_total]; adapter i's rows are [start_i, start_i + len_i).
+    """
+    for i, (start, length) in enumerate(zip(*(t.tolist() for t in segments), strict=True)):
+        if length == 0:
+            continue
+        rows = slice(start, start + length)
+        h = x[rows] @ gw.a[i].t()  # [len, S*r]
+        for sub in gw.subs:
+            d = sub.b.shape[-1]
+            y[rows, sub.out_offset : sub.out_offset + d].addmm_(
+                h[:, sub.col : sub.col + gw.rank], sub.b[i])
 
 
 def _lora_contiguous(xg: torch.Tensor, yg: torch.Tensor, gw: _GroupWeights) -> None:

@@ -27,7 +27,9 @@ async def list_models(state: StateDep, principal: PrincipalDep) -> ModelList:
     """The base model and every adapter the caller may use (adapters name the base as parent)."""
     base = state.base_model_id
     max_len = state.engine.max_model_len if state.engine is not None and state.ready else None
-    cards = [ModelCard(id=base, created=state.started_at, root=base, max_model_len=max_len)]
+    dtype = (state.engine.stats().dtype or None) if state.engine is not None else None
+    cards = [ModelCard(id=base, created=state.started_at, root=base, max_model_len=max_len,
+                       dtype=dtype)]
     for info in state.resolver.list(tenant=principal.tenant):
         if info.name == base:
             continue  # the base id wins; such an adapter is unreachable by name

@@ -15,6 +15,10 @@ VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 """The values vLLM accepts for max_lora_rank (LoRAConfig.MaxLoRARanks)."""
 
 
+DEFAULT_MAX_LORAS = 8
+"""vLLM needs a fixed number of LoRA slots per batch; without --max-loras, this many."""
+
+
 class EngineArgError(ValueError):
     """A `--vllm-engine-arg` that cannot be used."""
 
@@ -46,7 +50,7 @@ def parse_engine_args(items: list[str]) -> dict[str, Any]:
 
 def engine_kwargs(settings: Settings) -> dict[str, Any]:
     """Keyword arguments of AsyncEngineArgs for `settings` (LoRA always enabled)."""
-    max_loras = settings.max_loras or settings.max_gpu_adapters
+    max_loras = settings.max_loras or settings.max_gpu_adapters or DEFAULT_MAX_LORAS
     max_cpu_loras = max(settings.max_cpu_loras or settings.max_cpu_adapters, max_loras)
     kwargs: dict[str, Any] = {
         "model": settings.model,

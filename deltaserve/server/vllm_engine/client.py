@@ -17,6 +17,7 @@ from pathlib import Path
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.inputs import TokensPrompt
 from vllm.lora.request import LoRARequest
+from vllm.platforms import current_platform
 from vllm.usage.usage_lib import UsageContext
 from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -57,7 +58,9 @@ class VLLMEngineClient:
         self._loads: dict[int, asyncio.Future[None]] = {}
         self._hits = {"host": 0}
         self._misses = {"host": 0}
-        self._feed = StatsFeed(kwargs["max_loras"], self._adapter_stats)
+        dtype = str(self.config.model_config.dtype).removeprefix("torch.")
+        self._feed = StatsFeed(kwargs["max_loras"], current_platform.device_type, dtype,
+                               self._adapter_stats)  # fmt: skip
         self._on_load: Callable[[str, float], None] | None = None
         self._engine: AsyncLLM | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -5,9 +5,12 @@ from __future__ import annotations
 from vllm import SamplingParams as VllmSamplingParams
 from vllm.outputs import CompletionOutput as VllmCompletion
 from vllm.outputs import RequestOutput as VllmRequestOutput
+from vllm.sampling_params import RequestOutputKind
 
 from deltaserve.engine.outputs import CompletionOutput, RequestMetrics, RequestOutput, TokenLogprob
 from deltaserve.engine.sampling_params import SamplingParams
+
+OUTPUT_KINDS = {"cumulative": RequestOutputKind.CUMULATIVE, "final_only": RequestOutputKind.FINAL_ONLY}
 
 SEED_MODULUS = 1 << 63
 """vLLM seeds torch generators with int64 (and reads -1 as "no seed"): fold ours into [0, 2⁶³)."""
@@ -28,6 +31,7 @@ def vllm_sampling_params(p: SamplingParams) -> VllmSamplingParams:
         ignore_eos=p.ignore_eos,
         logprobs=p.logprobs,
         include_stop_str_in_output=p.include_stop_str_in_output,
+        output_kind=OUTPUT_KINDS[p.output_kind],
     )
 
 

@@ -20,8 +20,8 @@ from deltaserve.server.vllm_engine.adapters import adapter_name
 class StatsFeed:
     """The latest EngineStats; `adapters` supplies the resident/hit/miss part on each read."""
 
-    def __init__(self, max_loras: int, adapters: Callable[[], dict]):
-        self.snapshot = EngineStats(max_loras=max_loras)
+    def __init__(self, max_loras: int, device: str, dtype: str, adapters: Callable[[], dict]):
+        self.snapshot = EngineStats(max_loras=max_loras, device=device, dtype=dtype)
         self._adapters = adapters
 
     def stats(self, idle: bool = False) -> EngineStats:

@@ -166,3 +166,37 @@ def test_async_engine_streams_and_cancel_frees(llama_dir, llama_loras):
             await eng.shutdown()
 
     asyncio.run(main())
+
+
+def test_final_only_requests_get_one_output_beside_streaming_ones(llama_dir, llama_loras):
+    """Non-streaming requests (final_only) get their finished output alone, with the engine's
+    first-token stamp; streaming ones in the same steps still get one output per step."""
+    model_dir, _ = llama_dir
+
+    async def main():
+        eng = AsyncLLMEngine(EngineConfig(model=model_dir, dtype="float32", device="cpu",
+                                          kv_cache_memory_bytes=16 << 20))
+        await eng.start()
+        try:
+            adapter = AdapterRequest("a", llama_loras["r4-all"][0])
+
+            async def run(rid, kind):
+                params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True,
+                                        output_kind=kind)
+                return [o async for o in eng.generate(PROMPTS[0], params, rid, adapter)]
+
+            final, streamed = await asyncio.gather(run("f", "final_only"), run("c", "cumulative"))
+            assert len(final) == 1 and final[0].finished
+            assert len(streamed) == 8
+            assert final[0].outputs[0].token_ids == streamed[-1].outputs[0].token_ids
+            m = final[0].metrics
+            assert m.arrival_time <= m.first_token_time < m.finished_time
+        finally:
+            await eng.shutdown()
+
+    asyncio.run(main())
+
+
+def test_output_kind_is_validated():
+    with pytest.raises(ValueError, match="output_kind"):
+        SamplingParams(output_kind="delta")

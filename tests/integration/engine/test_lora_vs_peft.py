@@ -106,3 +106,41 @@ def test_adapter_cap_per_step_still_completes_all(llama_dir, llama_loras):
     assert seen == 2
     for i, out in enumerate(ref):
         assert final[f"c{i}"].outputs[0].token_ids == out.outputs[0].token_ids
+
+
+def test_default_admits_every_adapter_that_fits_the_pool(llama_dir, llama_loras):
+    """No count cap by default: all five adapters share the first step; the gateway's
+    max_lora reports what the byte budget holds."""
+    model_dir, _ = llama_dir
+    reqs = _mixed_requests(llama_loras)
+    eng = engine_for(model_dir, max_lora_rank=64, max_loras=None)
+    assert eng.scheduler.config.max_loras == eng.config.max_num_seqs
+    for i, (p, a) in enumerate(reqs):
+        eng.add_request(f"d{i}", p, SamplingParams(max_tokens=2, ignore_eos=True), a)
+    eng.step()
+    assert eng.last_batch_adapters == 5
+    stats = eng.stats()
+    largest = eng._max_lora_bytes()
+    assert stats.max_loras == min(eng.config.max_num_seqs, eng.pool.device_budget_bytes // largest)
+
+
+def test_default_budget_is_bytes_not_a_count(llama_dir, llama_loras):
+    """A pool budget that fits two of these adapters (real ranks) admits two per step."""
+    model_dir, _ = llama_dir
+    reqs = [(p, a) for p, a in _mixed_requests(llama_loras) if a is not None]
+    probe = engine_for(model_dir, max_lora_rank=64, max_loras=None)
+    sizes = {}
+    for _, a in reqs:
+        probe.pool.acquire(a)
+        sizes[a.key] = probe.pool.device_bytes(a.key)
+    budget = sorted(sizes.values())[-1] + sorted(sizes.values())[-2]
+    eng = engine_for(model_dir, max_lora_rank=64, max_loras=None, adapter_device_bytes=budget)
+    for i, (p, a) in enumerate(reqs):
+        eng.add_request(f"b{i}", p, SamplingParams(max_tokens=3, ignore_eos=True), a)
+    most = 0
+    while eng.has_unfinished():
+        eng.step()
+        running = eng.scheduler.running_adapters()
+        assert sum(sizes[k] for k in running) <= budget
+        most = max(most, len(running))
+    assert most >= 2

@@ -214,3 +214,39 @@ def test_extended_refuses_different_layouts():
     full = [_full_targets(rng, 4)]
     a = LoRAStack(only_q, OUT, LAYERS, CPU, torch.float32)
     assert a.extended(LoRAStack(full, OUT, LAYERS, CPU, torch.float32)) is None
+
+
+@pytest.mark.parametrize("transposed_rows", [0, 16])
+def test_both_shrink_forms_match_the_reference(transposed_rows, monkeypatch):
+    """Whichever form tune_shrink picks on a machine, the grouped op equals the oracle."""
+    from deltaserve.engine.ops import lora as ops
+
+    monkeypatch.setitem(ops._SHRINK_TRANSPOSED_MAX_ROWS, ("cpu", torch.float32), transposed_rows)
+    adapters = _random_adapters(7, [4, 8, 16])
+    _compare_all_groups(adapters, _uneven_rows(3, [2, 5, 1], 3), torch.float32, 1e-5, 1e-5)
+    _compare_all_groups(adapters, [0, 0, 1, 1, 2, 2], torch.float32, 1e-5, 1e-5)
+
+
+def test_tune_shrink_records_a_threshold_for_the_machine(monkeypatch):
+    from deltaserve.engine.ops import lora as ops
+
+    monkeypatch.setattr(ops, "_SHRINK_TRANSPOSED_MAX_ROWS", {})
+    rows = ops.tune_shrink(CPU, torch.float32, d_in=64, rank=8)
+    assert rows in (0, 1, 2, 4, 8, 16)
+    assert ops._SHRINK_TRANSPOSED_MAX_ROWS == {("cpu", torch.float32): rows}
+    assert ops.tune_shrink(torch.device("cuda"), torch.float32, d_in=64) == 0
+
+
+def test_uneven_prefill_runs_one_matmul_per_adapter(monkeypatch):
+    """Sorted rows with very uneven counts (prefills of different lengths): the per-adapter
+    loop runs instead of padding every adapter to the longest, and equals the oracle."""
+    from deltaserve.engine.ops import lora as ops
+
+    calls = []
+    real = ops._lora_segment_loop
+    monkeypatch.setattr(ops, "_lora_segment_loop", lambda *a: (calls.append(1), real(*a)))
+    adapters = _random_adapters(11, [4, 16, 8])
+    counts = [40, 120, 33]
+    row_slots = [i for i, c in enumerate(counts) for _ in range(c)] + [-1] * 7
+    _compare_all_groups(adapters, row_slots, torch.float32, atol=1e-4, rtol=1e-4)
+    assert calls, "the segment loop must have run"

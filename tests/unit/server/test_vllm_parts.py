@@ -50,9 +50,10 @@ def test_flags_pass_through_to_engine_args() -> None:
     assert kw["compilation_config"] == {"level": 0}
 
 
-def test_defaults_follow_the_native_adapter_limits() -> None:
-    kw = engine_kwargs(Settings(model="m", max_gpu_adapters=5, max_cpu_adapters=9))
-    assert (kw["max_loras"], kw["max_cpu_loras"], kw["max_lora_rank"]) == (5, 9, 64)
+def test_defaults_follow_the_adapter_limits() -> None:
+    kw = engine_kwargs(Settings(model="m", max_cpu_adapters=9))
+    assert (kw["max_loras"], kw["max_cpu_loras"], kw["max_lora_rank"]) == (8, 9, 64)
+    assert engine_kwargs(Settings(model="m", max_gpu_adapters=5))["max_loras"] == 5
     assert "distributed_executor_backend" not in kw and "max_model_len" not in kw
 
 

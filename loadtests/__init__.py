@@ -1,0 +1,1 @@
+"""Load tests for deltaserve (locust); they speak HTTP only (see locustfile.py)."""
