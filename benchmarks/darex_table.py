@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.report import replace_section
 from tests.tiny import BOS, EOS, PAD, VOCAB, make_tokenizer
 
 METHODS = ("dare", "darex-q", "magnitude")
@@ -358,17 +359,6 @@ def update_readme(res: dict, cmd: str) -> None:
         END,
     ])
     replace_section(README, START, END, SECTION, body)
-
-
-def replace_section(readme: Path, start: str, end: str, section: str, body: str) -> None:
-    """Put `body` (which starts with `start` and ends with `end`) in place of the marked
-    block of `readme`, or append it under heading `section` when the markers are missing."""
-    text = readme.read_text()
-    if start in text and end in text:
-        text = text[: text.index(start)] + body + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip("\n") + f"\n\n{section}\n\n{body}\n"
-    readme.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,17 +11,8 @@ import time
 import traceback
 from types import SimpleNamespace
 
-from benchmarks import delta_assets, proxy_assets
-from benchmarks.common import (
-    DELTA_VARIANTS,
-    PROXY_VARIANTS,
-    SAMPLE_REQUESTS,
-    RunResult,
-    adapters_in,
-    free_memory,
-    round_robin,
-    sync,
-)
+from benchmarks import plans
+from benchmarks.common import SAMPLE_REQUESTS, RunResult, adapters_in, free_memory, sync
 from benchmarks.workload import Assets
 
 WARMUP_TOKENS = 4
@@ -78,7 +69,7 @@ def run(
         res.error = reason
         return res
     try:
-        _measure(assets, k, prompts, gen_len, res, device, mixed_prefill_decode)
+        _measure(assets, prompts, gen_len, res, device, mixed_prefill_decode)
     except Exception as exc:  # report, keep the other runs going
         traceback.print_exc()
         res.error = f"deltaserve run failed ({type(exc).__name__}: {exc})"
@@ -88,7 +79,6 @@ def run(
 
 def _measure(
     assets: Assets,
-    k: int,
     prompts: list[list[int]],
     gen_len: int,
     res: RunResult,
@@ -96,51 +86,30 @@ def _measure(
     mixed_prefill_decode: bool,
 ) -> None:
     api = _api()
-    reqs = [
-        api.AdapterRequest(name=assets.adapter_name(i), path=str(assets.adapter_dir(i)))
-        for i in range(k)
-    ]
-    plan, dirs = None, []
-    if res.variant in DELTA_VARIANTS:
-        dirs = delta_assets.build_deltas(assets)
-        reqs = [api.AdapterRequest(name=d.name, path=str(d), kind="sparse_delta") for d in dirs]
-        plan = delta_assets.delta_plan(len(prompts), len(dirs))
-    if res.variant in PROXY_VARIANTS:
-        pdirs = proxy_assets.build_proxies(assets)
-        reqs = [api.AdapterRequest(name=d.name, path=str(d), kind="proxy") for d in pdirs]
-        plan = proxy_assets.proxy_plan(len(prompts), len(pdirs))
-    # One engine configuration for every variant (as a server would run): room for all the
-    # workload's adapters and a batch of all requests.
+    p = plans.plan(assets, res.variant, len(prompts))
+    res.num_adapters = len(p.adapters)
+    by_name = {a.name: api.AdapterRequest(name=a.name, path=str(a.path), kind=a.kind)
+               for a in p.adapters}
+    adapters = [None if a is None else by_name[a.name] for a in p.per_request]
+    # The engine's defaults (dtype auto, adapter pool and proxy budgets): what a user gets.
     engine = api.LLMEngine(
         api.EngineConfig(
             model=str(assets.base_dir),
-            dtype="bfloat16",
             max_num_seqs=len(prompts),
-            max_loras=max(assets.spec.num_adapters, len(reqs), 1),
-            # W-delta: room for all its deltas (LoRA variants keep the default budget).
-            adapter_device_bytes=(2 * delta_assets.delta_bytes(dirs) if plan is not None
-                                  else None),
             device=device,
             mixed_prefill_decode=mixed_prefill_decode,
-            # W-proxy: three small models (weights + KV for the whole batch).
-            proxy_memory_bytes=1 << 30 if res.variant in PROXY_VARIANTS else None,
         )
     )
 
-    def adapters_for(n: int) -> list:
-        order = plan if plan is not None else round_robin(n, k)
-        return [None if i is None else reqs[i] for i in order]
-
-    # Warm-up: enough short requests that every adapter of the variant gets loaded.
     # Warm up with the timed batch itself (a few tokens): every adapter loaded, and the same
     # prefill/decode shapes (kernel selection, allocator growth) seen once before timing.
-    engine.generate(prompts, _params(WARMUP_TOKENS), adapters=adapters_for(len(prompts)))
+    engine.generate(prompts, _params(WARMUP_TOKENS), adapters=adapters)
 
     # generate() already waits for the GPU (it reads the tokens back); the syncs make the
     # timed region's edges explicit on CUDA.
     sync(device)
     start = time.perf_counter()
-    outs = engine.generate(prompts, _params(gen_len), adapters=adapters_for(len(prompts)))
+    outs = engine.generate(prompts, _params(gen_len), adapters=adapters)
     sync(device)
     res.seconds = time.perf_counter() - start
     token_ids = [list(o.outputs[0].token_ids) for o in outs]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 
+from benchmarks import machine
 from benchmarks.common import (
     DELTA_VARIANTS,
     PROXY_VARIANTS,
@@ -24,12 +25,14 @@ from benchmarks.workload import PAD_ID, Assets
 WARMUP_TOKENS = 2
 
 
-def load_model(assets: Assets, k: int, device: str = "cpu"):
-    """bf16 base on `device`, wrapped by PEFT with adapters 0..k-1 loaded when k > 0."""
-    import torch
+def load_model(assets: Assets, k: int, device: str = "cpu", dtype=None):
+    """The base on `device` in `dtype` (default: the device's native dtype, see
+    benchmarks/machine.py), wrapped by PEFT with adapters 0..k-1 loaded when k > 0."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(assets.base_dir), dtype=torch.bfloat16)
+    if dtype is None:
+        dtype = machine.native_dtype(device)[0]
+    model = AutoModelForCausalLM.from_pretrained(str(assets.base_dir), dtype=dtype)
     if k > 0:
         from peft import PeftModel
 

@@ -231,3 +231,14 @@ def update_readme(results: list[RunResult], meta: dict, readme: Path = README) -
     if not pattern.search(text):
         raise ValueError(f"{readme} has no {start} ... {end} markers")
     readme.write_text(pattern.sub(lambda _: "\n".join(body), text, count=1))
+
+
+def replace_section(readme: Path, start: str, end: str, section: str, body: str) -> None:
+    """Put `body` (which starts with `start` and ends with `end`) in place of the marked
+    block of `readme`, or append it under heading `section` when the markers are missing."""
+    text = readme.read_text()
+    if start in text and end in text:
+        text = text[: text.index(start)] + body + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + f"\n\n{section}\n\n{body}\n"
+    readme.write_text(text)

@@ -1,6 +1,6 @@
 """`make loadtest`: a bounded headless locust run, against HOST or a demo server it starts.
 
-    python -m loadtests.run --host http://10.0.0.5:8000 --duration 60s --users 16
+    python -m loadtests.run --host http://deltaserve.example:8000 --duration 60s --users 16
     python -m loadtests.run --model demo-model/base --adapter-dir demo-model/adapters
 
 With a URL, the run targets that server. Otherwise it starts `deltaserve serve` on a free

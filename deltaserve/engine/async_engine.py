@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from deltaserve.engine.adapters.base import AdapterRequest
 from deltaserve.engine.config import EngineConfig
+from deltaserve.engine.grammar import Grammar, GrammarSpec
 from deltaserve.engine.llm_engine import LLMEngine
 from deltaserve.engine.outputs import RequestOutput
 from deltaserve.engine.protocol import EngineStats, QueueFullError
@@ -70,6 +71,17 @@ class AsyncLLMEngine:
 
     def set_adapter_load_observer(self, observer) -> None:
         self.engine.pool.on_load = observer
+
+    def load_grammar_compiler(self) -> None:
+        """One-time set-up of structured outputs (blocking: call it from a worker thread)."""
+        self.engine.grammars.load()
+
+    def compile_grammar(self, spec: GrammarSpec) -> Grammar:
+        """Compile (or fetch cached) a structured-output grammar; GrammarError if invalid.
+
+        Blocking (milliseconds to seconds): call it from a worker thread.
+        """
+        return self.engine.grammars.compile(spec)
 
     def stats(self) -> EngineStats:
         """Snapshot taken by the step thread after its last step (never blocks)."""

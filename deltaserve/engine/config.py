@@ -153,9 +153,9 @@ class EngineConfig:
     """Byte budget of the host tier."""
     proxy_memory_bytes: int | None = None
     """Bytes for proxy-tuning small models (weights + their own KV caches), shared first come
-    first served by the distinct small models loaded. Default: a quarter of the KV-cache budget;
-    on CUDA with the automatic KV budget it is taken out of that budget, elsewhere it comes on
-    top of kv_cache_memory_bytes."""
+    first served by the distinct small models loaded. Default: on CUDA with the automatic KV
+    budget a quarter of it (taken out of it); elsewhere, on top of kv_cache_memory_bytes, the
+    larger of a quarter of the KV budget and 5% of RAM (hardware.PROXY_MEMORY_SHARE)."""
     max_waiting: int = 1024
     """Waiting-queue cap; further requests are refused with QueueFullError."""
     mixed_prefill_decode: bool = False

@@ -22,6 +22,9 @@ ADAPTER_POOL_MEMORY_SHARE = 0.10
 """Default share of the device's memory (RAM on CPU, GPU memory on CUDA) for the device
 adapter pool, when neither its byte budget nor max_loras is given."""
 
+PROXY_MEMORY_SHARE = 0.05
+"""Default share of RAM (CPU) for proxy-tuning small models (weights + their KV caches)."""
+
 
 @functools.cache
 def cpu_flags() -> frozenset[str]:

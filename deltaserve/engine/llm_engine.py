@@ -15,8 +15,10 @@ from deltaserve.engine.adapters.proxy import SmallModels, load_proxy, read_token
 from deltaserve.engine.adapters.sparse_delta import load_sparse_delta
 from deltaserve.engine.config import EngineConfig, ModelConfig
 from deltaserve.engine.detokenizer import append_text, find_stop, flush_text
+from deltaserve.engine.grammar import GrammarCompiler, advance
 from deltaserve.engine.hardware import (
     ADAPTER_POOL_MEMORY_SHARE,
+    PROXY_MEMORY_SHARE,
     device_memory_bytes,
     keep_freed_memory,
 )
@@ -99,6 +101,8 @@ class LLMEngine:
                                   self.device, self.dtype)
         self.runner.proxy = self.proxy_runner
         self.requests: dict[str, Request] = {}
+        self.grammars = GrammarCompiler(self.tokenizer, mc.vocab_size, sorted(self.eos_token_ids))
+        """Structured-output grammars for this tokenizer (compiled on request, cached)."""
         self._rng = random.Random(config.seed)
         self._next_seq_id = 0
         self.steps_total = 0
@@ -118,8 +122,13 @@ class LLMEngine:
             free, _ = torch.cuda.mem_get_info(self.device)
             budget = int(free * cfg.gpu_memory_utilization)
         budget = budget or _CPU_KV_DEFAULT
-        self._proxy_budget = cfg.proxy_memory_bytes if cfg.proxy_memory_bytes is not None \
-            else budget // 4
+        if cfg.proxy_memory_bytes is not None:
+            self._proxy_budget = cfg.proxy_memory_bytes
+        elif auto_cuda:
+            self._proxy_budget = budget // 4
+        else:  # a share of RAM: the small models' weights alone can outgrow a KV quarter
+            self._proxy_budget = max(budget // 4,
+                                     int(PROXY_MEMORY_SHARE * device_memory_bytes(self.device)))
         if auto_cuda:  # small models and adapters come out of the automatic KV budget
             budget -= self._proxy_budget + self._adapter_budget
         num_blocks = budget // per_block
@@ -274,9 +283,16 @@ class LLMEngine:
         top_lps = result.top_logprobs.tolist() if result.top_logprobs is not None else None
         now = time.monotonic()
         touched: dict[str, Request] = {}
+        for req, scores in result.prompt_logprobs or ():
+            req.prompt_logprobs = scores
         for i, item in enumerate(sched.scheduled):
             seq = item.seq
             seq.num_computed_tokens += item.num_new_tokens
+            if seq.request.max_tokens == 0:  # scoring only: the prefill was the work
+                self._stop(seq, "length", None)
+                self.scheduler.finish(seq)
+                touched[seq.request.request_id] = seq.request
+                continue
             seq.output_token_ids.append(token_ids[i])
             if seq.params.logprobs is not None:
                 k = seq.params.logprobs
@@ -284,7 +300,10 @@ class LLMEngine:
                 seq.output_logprobs.append(TokenLogprob(token_ids[i], lps[i], top))
             if seq.request.metrics.first_token_time is None:
                 seq.request.metrics.first_token_time = now
+            grammar_done = advance(seq, token_ids[i])
             self._check_stop(seq)
+            if grammar_done and not seq.finished:
+                self._stop(seq, "stop", None)
             if seq.finished:
                 self.scheduler.finish(seq)
             touched[seq.request.request_id] = seq.request
@@ -330,7 +349,8 @@ class LLMEngine:
             for s in req.seqs
         ]
         return RequestOutput(req.request_id, req.prompt_token_ids, outs, req.finished,
-                             req.metrics, adapter=req.adapter_name)
+                             req.metrics, adapter=req.adapter_name,
+                             prompt_logprobs=req.prompt_logprobs)
 
     # ---- conveniences -------------------------------------------------------------------
     def generate(

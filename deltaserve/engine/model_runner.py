@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import torch
 
+from deltaserve.engine import prompt_logprobs
 from deltaserve.engine.adapters.batch import AdapterBatch
 from deltaserve.engine.adapters.lora import LoRAAdapter
 from deltaserve.engine.adapters.pool import AdapterPool
 from deltaserve.engine.adapters.sparse_delta import SparseDeltaAdapter
 from deltaserve.engine.config import ModelConfig
+from deltaserve.engine.grammar import apply_bitmask
 from deltaserve.engine.inputs import StepInputs, build_inputs
 from deltaserve.engine.kv_cache import KVCache
 from deltaserve.engine.models.llama import LlamaForCausalLM
@@ -48,14 +50,24 @@ class ModelRunner:
     def execute(self, sched: SchedulerOutput, protected: set[str]) -> SamplerOutput:
         adapters = self._adapter_batch(sched, protected)  # also orders rows by adapter
         inputs = self.prepare(sched)
+        index = inputs.logits_index
+        scoring = prompt_logprobs.plan(sched.scheduled, self.device)
+        if scoring is not None:  # rows scoring their prompt: logits at every prompt position
+            index = torch.cat([index, scoring.index])
         logits = self.model(
-            inputs.input_ids, inputs.positions, self.kv.layers, inputs.attn,
-            inputs.logits_index, adapters,
+            inputs.input_ids, inputs.positions, self.kv.layers, inputs.attn, index, adapters,
         )
+        b = len(sched.scheduled)
+        logits, extra = logits[:b], logits[b:]
         if self.proxy is not None:
             logits = self.proxy.combine(sched.scheduled, logits)
         seqs = [s.seq for s in sched.scheduled]
-        return sample(logits, self.sampling_tensors(seqs, logits.shape[1]))
+        apply_bitmask(logits, seqs)
+        out = sample(logits, self.sampling_tensors(seqs, logits.shape[1]))
+        if scoring is not None:
+            combine = self.proxy.combine_prompt if self.proxy is not None else None
+            out.prompt_logprobs = prompt_logprobs.score(scoring, extra, combine)
+        return out
 
     # ---- inputs -------------------------------------------------------------------------
     def prepare(self, sched: SchedulerOutput) -> StepInputs:

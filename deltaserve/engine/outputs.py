@@ -13,6 +13,8 @@ class TokenLogprob:
     logprob: float
     top: list[tuple[int, float]] = field(default_factory=list)
     """(token_id, logprob) of the most likely tokens, best first (len = requested logprobs)."""
+    rank: int | None = None
+    """1-based rank of token_id in its distribution (set for prompt logprobs)."""
 
 
 @dataclass
@@ -54,3 +56,5 @@ class RequestOutput:
     finished: bool
     metrics: RequestMetrics
     adapter: str | None = None
+    prompt_logprobs: list[TokenLogprob | None] | None = None
+    """Per prompt token (the first None) when params.prompt_logprobs was set."""

@@ -100,14 +100,42 @@ class ProxyRunner:
         return proxy_combine(logits, torch.tensor(rows, device=dev), by_role["expert"],
                              by_role["anti"], torch.tensor(alphas, dtype=torch.float32, device=dev))
 
-    def _forward(self, sm: SmallModel, ents: list[_Entry]) -> torch.Tensor:
-        """One forward of small model `sm` over its rows; returns logits [len(ents), V]."""
+    def combine_prompt(self, item: ScheduledSeq, logits: torch.Tensor) -> torch.Tensor:
+        """logits: [n, V] base logits at positions 0..n-1 of a row computing its whole prompt
+        (prompt logprobs); returns them proxy-combined (non-proxy rows: unchanged).
+
+        The small models recompute those positions: their KV writes repeat this step's.
+        """
+        px = self.proxy_of(item.seq)
+        if px is None:
+            return logits
+        n = logits.shape[0]
+        by_role: dict[str, torch.Tensor] = {}
+        for sm in dict.fromkeys(s for s, _ in px.streams()):
+            ents = [(0, role, item, px) for s, role in px.streams() if s is sm]
+            out = self._forward(sm, ents, prompt_positions=n)  # [len(ents) * n, V]
+            for k, e in enumerate(ents):
+                by_role[e[1]] = out[k * n:(k + 1) * n]
+        a = item.seq.params.proxy_alpha
+        alpha = torch.full((n,), px.alpha if a is None else a, device=logits.device)
+        return proxy_combine(logits, torch.arange(n, device=logits.device), by_role["expert"],
+                             by_role["anti"], alpha)
+
+    def _forward(self, sm: SmallModel, ents: list[_Entry],
+                 prompt_positions: int | None = None) -> torch.Tensor:
+        """One forward of small model `sm` over its rows; returns logits [len(ents), V]
+        (with prompt_positions=n: [len(ents) * n, V], positions 0..n-1 of each entry)."""
         seqs = [(e[2].seq, e[2].num_new_tokens) for e in ents]
         tables = [sm.tables[(e[2].seq.seq_id, e[1])] for e in ents]
         inputs = build_inputs(seqs, tables, self.block_size, sm.cfg.sliding_window, self.device)
         batch = self._lora_batch(sm, ents)
+        index = inputs.logits_index
+        if prompt_positions is not None:
+            step = ents[0][2].num_new_tokens  # every entry is the same row
+            index = torch.cat([torch.arange(k * step, k * step + prompt_positions)
+                               for k in range(len(ents))]).to(self.device)
         return sm.model(inputs.input_ids, inputs.positions, sm.kv.layers, inputs.attn,
-                        inputs.logits_index, batch)
+                        index, batch)
 
     def _lora_batch(self, sm: SmallModel, ents: list[_Entry]) -> AdapterBatch | None:
         """Expert rows whose expert is a LoRA on `sm` go through the multi-LoRA path."""

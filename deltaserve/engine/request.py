@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from deltaserve.engine.outputs import RequestMetrics, TokenLogprob
 from deltaserve.engine.sampling_params import SamplingParams
@@ -37,6 +38,8 @@ class Sequence:
     text: str = ""
     prefix_offset: int = 0
     read_offset: int = 0
+    matcher: Any = None
+    """The grammar matcher of a structured-output sample (see grammar.py), made lazily."""
 
     @property
     def prompt_token_ids(self) -> list[int]:
@@ -84,6 +87,8 @@ class Request:
     metrics: RequestMetrics = field(default_factory=lambda: RequestMetrics(time.monotonic()))
     tenant: str | None = None
     """Owner, for per-tenant fairness policies."""
+    prompt_logprobs: list[TokenLogprob | None] | None = None
+    """One entry per prompt token (the first None), once computed (params.prompt_logprobs)."""
 
     @property
     def finished(self) -> bool:

@@ -8,6 +8,7 @@ generator or a per-row host sync. Sampling is the Gumbel-max trick over the filt
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -36,6 +37,8 @@ class SamplerOutput:
     logprobs: torch.Tensor | None  # [B] chosen token's logprob
     top_ids: torch.Tensor | None  # [B, k]
     top_logprobs: torch.Tensor | None  # [B, k]
+    prompt_logprobs: list[tuple[Any, list]] | None = None
+    """(request, its per-prompt-token logprobs) for requests scored this step."""
 
 
 def _hash32(x: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 # Upper bound on top-k logprobs a request may ask for (OpenAI allows 20 for chat, 5 for completions).
 MAX_LOGPROBS = 20
@@ -42,6 +43,11 @@ class SamplingParams:
     """Keep the matched stop string at the end of the output text."""
     proxy_alpha: float | None = None
     """deltaserve extension: α of a proxy adapter for this request (None: the adapter's)."""
+    prompt_logprobs: int | None = None
+    """If set, also return each prompt token's logprob (the first is None) and this many top
+    alternatives per position (vLLM's `prompt_logprobs`; OpenAI's `echo` + `logprobs`)."""
+    grammar: Any = None
+    """A compiled grammar (engine.grammar.Grammar) every sample must follow; None: free text."""
     output_kind: str = "cumulative"
     """cumulative: an output after every step (streaming); final_only: only the finished one
     (vLLM's RequestOutputKind.FINAL_ONLY) — no per-token work for whoever does not stream."""
@@ -60,7 +66,9 @@ class SamplingParams:
         if not isinstance(self.n, int) or self.n < 1:
             raise ValueError(f"n must be a positive integer, got {self.n!r}")
         if self.max_tokens is not None and self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}")
+            # 0 scores a prompt without generating (only useful with prompt logprobs)
+            if self.max_tokens != 0 or self.prompt_logprobs is None:
+                raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}")
         if self.min_tokens < 0:
             raise ValueError(f"min_tokens must be >= 0, got {self.min_tokens}")
         if self.max_tokens is not None and self.min_tokens > self.max_tokens:
@@ -75,6 +83,10 @@ class SamplingParams:
             raise ValueError(f"top_k must be -1 (disabled) or positive, got {self.top_k}")
         if self.logprobs is not None and not (0 <= self.logprobs <= MAX_LOGPROBS):
             raise ValueError(f"logprobs must be between 0 and {MAX_LOGPROBS}, got {self.logprobs}")
+        if self.prompt_logprobs is not None and not (0 <= self.prompt_logprobs <= MAX_LOGPROBS):
+            raise ValueError(
+                f"prompt_logprobs must be between 0 and {MAX_LOGPROBS}, got {self.prompt_logprobs}"
+            )
         if any(not s for s in self.stop):
             raise ValueError("stop strings must be non-empty")
         if self.output_kind not in OUTPUT_KINDS:

@@ -17,7 +17,7 @@ from deltaserve.server.engine_factory import build_engine
 from deltaserve.server.errors import install_error_handlers
 from deltaserve.server.middleware import BodySizeLimitMiddleware, HttpMetricsMiddleware
 from deltaserve.server.mixing import build_mixer, forget_member_content
-from deltaserve.server.routes import admin, health, openai_api
+from deltaserve.server.routes import admin, health, openai_api, tokenize
 from deltaserve.server.settings import Settings
 from deltaserve.server.state import ServerState
 from deltaserve.server.store_factory import build_store
@@ -54,6 +54,7 @@ def create_app(
     app.include_router(openai_api.router)
     app.include_router(admin.router)
     app.include_router(health.router)
+    app.include_router(tokenize.router)
     upload_limit = max(settings.max_body_bytes, settings.max_adapter_bytes + UPLOAD_OVERHEAD_BYTES)
     app.add_middleware(
         BodySizeLimitMiddleware,

@@ -9,9 +9,9 @@ are accepted as top-level fields.
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, model_serializer
 
 from deltaserve.engine.sampling_params import MAX_LOGPROBS
 
@@ -40,6 +40,34 @@ class AdhocAdapter(_Request):
     """Routing weight (used as given); omitted for every member: the uniform average."""
 
 
+class JsonSchemaFormat(_Request):
+    """response_format.json_schema: a named JSON schema the output must follow."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    name: str = "response"
+    description: str | None = None
+    json_schema: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Request):
+    """OpenAI's response_format: free text, any JSON object, or JSON following a schema."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class StructuredOutputs(_Request):
+    """vLLM's structured_outputs: exactly one of json (a schema), regex, choice, grammar."""
+
+    json_: dict[str, Any] | str | None = Field(None, alias="json")
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    """An EBNF (GBNF-style) grammar whose start rule is `root`."""
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
 class SamplingFields(_Request):
     """Fields shared by completions and chat completions."""
 
@@ -62,6 +90,11 @@ class SamplingFields(_Request):
     ignore_eos: bool = False
     stop_token_ids: list[int] | None = None
     include_stop_str_in_output: bool = False
+    prompt_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    """vLLM extension: logprob of every prompt token (+ this many alternatives per position)."""
+    structured_outputs: StructuredOutputs | None = None
+    """vLLM extension: constrain the output to a JSON schema, regex, choice or EBNF grammar."""
+    response_format: ResponseFormat | None = None
     # deltaserve extension: α of a proxy adapter (`model` names a proxy adapter)
     proxy_alpha: float | None = Field(None, allow_inf_nan=False)
     """Proxy-tuning strength for this request; default: the adapter's `alpha`."""
@@ -81,6 +114,8 @@ class CompletionRequest(SamplingFields):
     """POST /v1/completions."""
 
     prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(None, ge=0)
+    """0 (with echo) scores the prompt without generating."""
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     suffix: str | None = None
@@ -106,6 +141,17 @@ class ChatCompletionRequest(SamplingFields):
 
 # --- responses ---------------------------------------------------------------------------
 
+MIN_LOGPROB = -9999.0
+
+
+def _finite(v: float) -> float:
+    # Masked tokens (structured outputs, min_tokens) have logprob -inf, which JSON cannot
+    # carry (it would become null); report them as -9999.0, as vLLM does.
+    return v if v >= MIN_LOGPROB else MIN_LOGPROB
+
+
+Logprob = Annotated[float, PlainSerializer(_finite, return_type=float)]
+
 
 class UsageInfo(BaseModel):
     prompt_tokens: int = 0
@@ -117,9 +163,21 @@ class CompletionLogprobs(BaseModel):
     """Legacy completions logprobs: parallel lists, one entry per token."""
 
     tokens: list[str] = Field(default_factory=list)
-    token_logprobs: list[float | None] = Field(default_factory=list)
-    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
+    token_logprobs: list[Logprob | None] = Field(default_factory=list)
+    top_logprobs: list[dict[str, Logprob] | None] = Field(default_factory=list)
     text_offset: list[int] = Field(default_factory=list)
+
+
+class PromptLogprob(BaseModel):
+    """vLLM's prompt_logprobs entry for one token id at one prompt position."""
+
+    logprob: Logprob
+    rank: int | None = None
+    decoded_token: str | None = None
+
+
+PromptLogprobs = list[dict[str, PromptLogprob] | None]
+"""Per prompt position (the first None): token id (as a string) → its logprob."""
 
 
 class CompletionChoice(BaseModel):
@@ -127,6 +185,14 @@ class CompletionChoice(BaseModel):
     text: str
     logprobs: CompletionLogprobs | None = None
     finish_reason: Literal["stop", "length"] | None = None
+    prompt_logprobs: PromptLogprobs | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_prompt_logprobs(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("prompt_logprobs") is None:
+            data.pop("prompt_logprobs", None)
+        return data
 
 
 class CompletionResponse(BaseModel):
@@ -141,7 +207,7 @@ class CompletionResponse(BaseModel):
 
 class TopLogprob(BaseModel):
     token: str
-    logprob: float
+    logprob: Logprob
     bytes: list[int] | None = None
 
 
@@ -175,6 +241,14 @@ class ChatCompletionResponse(BaseModel):
     choices: list[ChatChoice]
     usage: UsageInfo | None = None
     system_fingerprint: str | None = None
+    prompt_logprobs: PromptLogprobs | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_prompt_logprobs(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("prompt_logprobs") is None:
+            data.pop("prompt_logprobs", None)
+        return data
 
 
 class DeltaMessage(BaseModel):
@@ -229,6 +303,33 @@ class ModelCard(BaseModel):
     max_model_len: int | None = None
     dtype: str | None = None
     """deltaserve extension, on the base's entry: the dtype the engine serves in."""
+
+
+class TokenizeRequest(_Request):
+    """vLLM's POST /tokenize: a prompt, or chat messages rendered with the chat template."""
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_special_tokens: bool = True
+    add_generation_prompt: bool = True
+    return_token_strs: bool = False
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class DetokenizeRequest(_Request):
+    model: str | None = None
+    tokens: list[int]
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
 
 
 class ModelList(BaseModel):

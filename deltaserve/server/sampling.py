@@ -6,6 +6,7 @@ fields the engine does not implement are refused with 400 rather than silently i
 
 from __future__ import annotations
 
+from deltaserve.engine.grammar import Grammar
 from deltaserve.engine.sampling_params import SamplingParams
 from deltaserve.server.errors import BadRequestError, ContextLengthExceededError
 from deltaserve.server.protocol import SamplingFields
@@ -40,6 +41,8 @@ def resolve_max_tokens(
             param=prompt_param,
         )
     room = context - prompt_len
+    if requested == 0:  # scoring the prompt only (echo); the caller checked echo
+        return 0
     if room < 1:
         raise ContextLengthExceededError(
             f"This model's maximum context length is {context} tokens, and the prompt has "
@@ -71,6 +74,8 @@ def sampling_params(
     max_tokens: int | None,
     logprobs: int | None,
     prompt_param: str = "prompt",
+    prompt_logprobs: int | None = None,
+    grammar: Grammar | None = None,
 ) -> SamplingParams:
     """The engine's SamplingParams for one prompt of `req` (400 on any invalid value)."""
     if req.n > state.settings.max_n:
@@ -93,6 +98,8 @@ def sampling_params(
             logprobs=logprobs,
             include_stop_str_in_output=req.include_stop_str_in_output,
             proxy_alpha=req.proxy_alpha,
+            prompt_logprobs=prompt_logprobs,
+            grammar=grammar,
             output_kind="cumulative" if req.stream else "final_only",
         )
     except ValueError as exc:

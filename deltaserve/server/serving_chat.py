@@ -23,6 +23,7 @@ from deltaserve.server.generation import (
     respond,
 )
 from deltaserve.server.mixing import acquire_for_request
+from deltaserve.server.prompt_scores import vllm_prompt_logprobs
 from deltaserve.server.prompts import chat_prompt, message_text
 from deltaserve.server.protocol import (
     ChatChoice,
@@ -30,6 +31,7 @@ from deltaserve.server.protocol import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
+    ChatMessage,
     ChatResponseMessage,
     ChatStreamChoice,
     ChatTokenLogprob,
@@ -40,6 +42,7 @@ from deltaserve.server.protocol import (
 from deltaserve.server.sampling import check_unsupported, sampling_params
 from deltaserve.server.sse import event_stream, sse_data
 from deltaserve.server.state import ServerState
+from deltaserve.server.structured import request_grammar
 
 
 def chat_logprobs(state: ServerState, logprobs: list[TokenLogprob]) -> ChatChoiceLogprobs:
@@ -63,6 +66,28 @@ def _engine_logprobs(req: ChatCompletionRequest) -> int | None:
     return (req.top_logprobs or 0) if req.logprobs else None
 
 
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
+
+
+def check_roles(messages: list[ChatMessage]) -> None:
+    """400 naming messages[i].role for a role OpenAI's chat API does not know."""
+    for i, m in enumerate(messages):
+        if m.role not in CHAT_ROLES:
+            raise BadRequestError(
+                f"Invalid value for 'messages[{i}].role': {m.role!r} is not one of "
+                f"{', '.join(CHAT_ROLES)}.",
+                param=f"messages[{i}].role",
+            )
+
+
+def _check_request(req: ChatCompletionRequest) -> None:
+    check_unsupported(req, req.n)
+    check_roles(req.messages)
+    if req.prompt_logprobs is not None and req.stream:
+        raise BadRequestError("prompt_logprobs is not available with stream.",
+                              param="prompt_logprobs")
+
+
 def _response(
     state: ServerState, req: ChatCompletionRequest, run: GenerationRun, with_logprobs: bool
 ) -> ChatCompletionResponse:
@@ -77,8 +102,12 @@ def _response(
         )
         for out in sorted(final.outputs, key=lambda o: o.index)
     ]
+    plp = None
+    if req.prompt_logprobs is not None and final.prompt_logprobs is not None:
+        plp = vllm_prompt_logprobs(state, final.prompt_logprobs, req.prompt_logprobs)
     return ChatCompletionResponse(
-        id=run.request_id, model=req.model, choices=choices, usage=usage_of(run.last)
+        id=run.request_id, model=req.model, choices=choices, usage=usage_of(run.last),
+        system_fingerprint=state.system_fingerprint, prompt_logprobs=plp,
     )
 
 
@@ -88,13 +117,15 @@ async def create_chat_completion(
     """Serve one chat completions request."""
     engine = state.serving_engine()
     adapter = state.resolve_model(req.model, principal)
-    check_unsupported(req, req.n)
+    _check_request(req)
     logprobs = _engine_logprobs(req)
     messages = [{"role": m.role, "content": message_text(m.content)} for m in req.messages]
     prompt = chat_prompt(engine.tokenizer, messages, req.add_generation_prompt)
     max_tokens = req.max_completion_tokens or req.max_tokens
+    grammar = await request_grammar(state, req)
     params = sampling_params(
-        state, req, len(prompt.token_ids), max_tokens, logprobs, prompt_param="messages"
+        state, req, len(prompt.token_ids), max_tokens, logprobs, prompt_param="messages",
+        prompt_logprobs=req.prompt_logprobs, grammar=grammar,
     )
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
     lease = await acquire_for_request(state, req, principal)
@@ -119,7 +150,8 @@ class _ChatChunker:
 
     def chunk(self, choices: list[ChatStreamChoice], usage: UsageInfo | None = None) -> str:
         chunk = ChatCompletionChunk(
-            id=self.run.request_id, created=self.created, model=self.req.model, choices=choices
+            id=self.run.request_id, created=self.created, model=self.req.model, choices=choices,
+            system_fingerprint=self.state.system_fingerprint,
         )
         data = chunk.model_dump(mode="json")
         if self.req.include_usage:

@@ -23,6 +23,7 @@ from deltaserve.server.generation import (
     respond,
 )
 from deltaserve.server.mixing import acquire_for_request
+from deltaserve.server.prompt_scores import concat, echo_logprobs, vllm_prompt_logprobs
 from deltaserve.server.prompts import PromptInput, completion_prompts
 from deltaserve.server.protocol import (
     CompletionChoice,
@@ -35,6 +36,7 @@ from deltaserve.server.protocol import (
 from deltaserve.server.sampling import check_unsupported, sampling_params
 from deltaserve.server.sse import event_stream, sse_data
 from deltaserve.server.state import ServerState
+from deltaserve.server.structured import request_grammar
 
 
 def completion_logprobs(
@@ -61,6 +63,20 @@ def _echo_text(state: ServerState, prompt: PromptInput) -> str:
     return state.engine.tokenizer.decode(prompt.token_ids)
 
 
+def _prompt_part(state: ServerState, req: CompletionRequest, out: RequestOutput):
+    """(echoed prompt logprobs or None, vLLM prompt_logprobs or None) of one prompt."""
+    scores = out.prompt_logprobs
+    if scores is None:
+        return None, None
+    echoed = None
+    if req.echo and req.logprobs is not None:
+        echoed = echo_logprobs(state, out.prompt_token_ids, scores, req.logprobs)
+    plp = None
+    if req.prompt_logprobs is not None:
+        plp = vllm_prompt_logprobs(state, scores, req.prompt_logprobs)
+    return echoed, plp
+
+
 def _final_choices(
     state: ServerState,
     req: CompletionRequest,
@@ -71,19 +87,42 @@ def _final_choices(
     for i, final in enumerate(finals):
         assert final is not None
         prefix = _echo_text(state, prompts[i]) if req.echo else ""
+        echoed, plp = _prompt_part(state, req, final)
         for out in sorted(final.outputs, key=lambda o: o.index):
             logprobs = None
             if req.logprobs is not None:
                 logprobs = completion_logprobs(state, out.logprobs or [], len(prefix))
+                if echoed is not None:
+                    logprobs = concat(echoed, logprobs)
             choices.append(
                 CompletionChoice(
                     index=i * req.n + out.index,
                     text=prefix + out.text,
                     logprobs=logprobs,
                     finish_reason=public_finish_reason(out.finish_reason),
+                    prompt_logprobs=plp,
                 )
             )
     return choices
+
+
+def _prompt_logprobs_k(req: CompletionRequest) -> int | None:
+    """Alternatives per prompt position the engine must return (None: no prompt scoring)."""
+    asked = [k for k in (req.logprobs if req.echo else None, req.prompt_logprobs)
+             if k is not None]
+    return max(asked) if asked else None
+
+
+def _check_request(req: CompletionRequest) -> None:
+    check_unsupported(req, req.n, req.best_of)
+    if req.suffix:
+        raise BadRequestError("suffix is not supported.", param="suffix")
+    if req.max_tokens == 0 and not req.echo:
+        raise BadRequestError("max_tokens may be 0 only with echo (to score the prompt).",
+                              param="max_tokens")
+    if req.prompt_logprobs is not None and req.stream:
+        raise BadRequestError("prompt_logprobs is not available with stream.",
+                              param="prompt_logprobs")
 
 
 async def create_completion(
@@ -92,16 +131,14 @@ async def create_completion(
     """Serve one completions request."""
     engine = state.serving_engine()
     adapter = state.resolve_model(req.model, principal)
-    check_unsupported(req, req.n, req.best_of)
-    if req.suffix:
-        raise BadRequestError("suffix is not supported.", param="suffix")
-    if req.echo and req.logprobs is not None:
-        raise BadRequestError(
-            "echo together with logprobs is not supported (no prompt logprobs).", param="echo"
-        )
+    _check_request(req)
     prompts = completion_prompts(engine.tokenizer, req.prompt)
+    grammar = await request_grammar(state, req)
+    plp = _prompt_logprobs_k(req)
     params = [
-        sampling_params(state, req, len(p.token_ids), req.max_tokens, req.logprobs) for p in prompts
+        sampling_params(state, req, len(p.token_ids), req.max_tokens, req.logprobs,
+                        prompt_logprobs=plp, grammar=grammar)
+        for p in prompts
     ]
     request_id = f"cmpl-{uuid.uuid4().hex}"
     lease = await acquire_for_request(state, req, principal)
@@ -116,6 +153,7 @@ async def create_completion(
             model=req.model,
             choices=_final_choices(state, req, prompts, run.last),
             usage=usage_of(run.last),
+            system_fingerprint=state.system_fingerprint,
         ),
     )
 
@@ -136,7 +174,8 @@ class _CompletionChunker:
 
     def chunk(self, choices: list[CompletionChoice], usage: UsageInfo | None = None) -> str:
         chunk = CompletionChunk(
-            id=self.run.request_id, created=self.created, model=self.req.model, choices=choices
+            id=self.run.request_id, created=self.created, model=self.req.model, choices=choices,
+            system_fingerprint=self.state.system_fingerprint,
         )
         data = chunk.model_dump(mode="json")
         if self.req.include_usage:
@@ -152,15 +191,19 @@ class _CompletionChunker:
             delta = self.trackers[key].take(o)
             if delta is None:
                 continue
-            prefix = ""
+            prefix, echoed = "", None
             if self.req.echo and key not in self.echoed:
                 self.echoed.add(key)
                 prefix = _echo_text(self.state, self.run.prompts[i])
+                self.token_offsets[key] = len(prefix)
+                echoed, _ = _prompt_part(self.state, self.req, out)
             logprobs = None
             if self.req.logprobs is not None:
                 start = self.token_offsets[key]
                 logprobs = completion_logprobs(self.state, delta.logprobs or [], start)
                 self.token_offsets[key] = start + sum(len(t) for t in logprobs.tokens)
+                if echoed is not None:
+                    logprobs = concat(echoed, logprobs)
             choice = CompletionChoice(
                 index=i * self.req.n + o.index,
                 text=prefix + delta.text,

@@ -166,6 +166,10 @@ class Settings(BaseSettings):
     max_tokens_limit: int | None = Field(
         None, ge=1, description="Largest `max_tokens` a request may ask for; also caps the default."
     )
+    grammar_compile_timeout_s: float = Field(
+        10.0, gt=0, description="Longest a structured-output grammar (JSON schema, regex, "
+        "EBNF) may take to compile; slower ones are refused with 400."
+    )
     max_waiting: int = Field(
         1024, ge=1, description="Longest engine waiting queue; requests beyond it get 429."
     )

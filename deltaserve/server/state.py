@@ -22,6 +22,7 @@ from deltaserve.server.adapters import (
 )
 from deltaserve.server.auth import ApiKeyAuth, Principal
 from deltaserve.server.errors import ModelNotFoundError, ServiceUnavailableError
+from deltaserve.server.fingerprint import system_fingerprint
 from deltaserve.server.metrics import ServerMetrics
 from deltaserve.server.settings import Settings
 
@@ -63,6 +64,7 @@ class ServerState:
     token_text: dict[int, str] = field(default_factory=dict)
     """Cache of single-token decodes (logprobs)."""
     metrics: ServerMetrics = field(init=False)
+    _fingerprint: str | None = None
 
     def __post_init__(self) -> None:
         self.metrics = ServerMetrics(self.engine_stats)
@@ -116,6 +118,16 @@ class ServerState:
             return await acquire_adapter(self.resolver, model, principal.tenant)
         except AdapterNotFoundError:
             raise ModelNotFoundError(model) from None
+
+    @property
+    def system_fingerprint(self) -> str:
+        """Names the backend configuration (version, base weights, dtype); see fingerprint.py."""
+        if self._fingerprint is None:
+            engine = getattr(self.engine, "engine", None)  # the native engine knows its dtype
+            dtype = getattr(engine, "dtype", None)
+            name = str(dtype).removeprefix("torch.") if dtype is not None else self.settings.dtype
+            self._fingerprint = system_fingerprint(str(self.settings.model), name)
+        return self._fingerprint
 
     def token_str(self, token_id: int) -> str:
         """The text of one token (as OpenAI's logprobs show it)."""

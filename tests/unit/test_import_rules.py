@@ -3,6 +3,9 @@
 - engine imports nothing of deltaserve outside deltaserve.engine;
 - router and adapter_store import (types) from deltaserve.engine only, never from server;
 - server may import everything; clients/ and loadtests/ speak HTTP only (nothing of deltaserve);
+- the SDK (clients/python, a separate distribution) imports only the standard library, httpx,
+  pydantic and itself, plus openai lazily (an optional extra), and declares only httpx and
+  pydantic as dependencies;
 - one module imports prometheus_client (deltaserve/server/metrics.py);
 - one module reads the environment (deltaserve/server/settings.py).
 
@@ -12,6 +15,8 @@ Each rule is a row of data; a violation names the file, line and the offending i
 from __future__ import annotations
 
 import ast
+import sys
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +44,12 @@ RULES = [
     Rule("clients/", (), "clients speak HTTP only"),
     Rule("loadtests/", (), "loadtests speak HTTP only"),
 ]
+SDK_FILES = "clients/python/"
+SDK_IMPORTS = ("deltaserve_client", "httpx", "pydantic", "openai")
+"""Top-level modules the SDK may import besides the standard library."""
+SDK_LAZY = ("openai",)
+"""Optional dependencies: imported inside functions (or for type checking) only."""
+SDK_DEPENDENCIES = {"httpx", "pydantic"}
 PROMETHEUS_OWNER = "deltaserve/server/metrics.py"
 VLLM_OWNER = "deltaserve/server/vllm_engine/"
 """The only package that imports vllm (an optional extra); others reach it lazily."""
@@ -97,6 +108,50 @@ def _is_dynamic_import(func: ast.expr) -> bool:
     return isinstance(func, ast.Attribute) and func.attr == "import_module"
 
 
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")  # fmt: skip
+
+
+def eager_imports_of(source: str, rel: str) -> list[tuple[int, str]]:
+    """Imports that run when the module itself is imported: module-level ones, also inside
+    if/try blocks, except under `if TYPE_CHECKING:` (relative ones are skipped)."""
+    out: list[tuple[int, str]] = []
+
+    def visit(statements: list[ast.stmt]) -> None:
+        for node in statements:
+            if isinstance(node, ast.Import):
+                out.extend((node.lineno, a.name) for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                out.extend((node.lineno, f"{node.module}.{a.name}") for a in node.names)
+            elif isinstance(node, ast.If):
+                visit(node.orelse if _is_type_checking(node.test) else node.body + node.orelse)
+            elif isinstance(node, ast.Try):
+                visit(node.body + node.orelse + node.finalbody
+                      + [s for h in node.handlers for s in h.body])  # fmt: skip
+
+    visit(ast.parse(source, filename=rel).body)
+    return out
+
+
+def sdk_violations(files: dict[str, str]) -> list[str]:
+    """SDK imports outside the standard library + SDK_IMPORTS, and eager optional imports."""
+    bad = []
+    for rel, src in files.items():
+        if not rel.startswith(SDK_FILES):
+            continue
+        for line, target in imports_of(src, rel):
+            top = target.split(".")[0]
+            if top not in sys.stdlib_module_names and top not in SDK_IMPORTS:
+                bad.append(f"{rel}:{line} imports {target} "
+                           "(deltaserve-client depends on httpx and pydantic only)")  # fmt: skip
+        for line, target in eager_imports_of(src, rel):
+            if target.split(".")[0] in SDK_LAZY:
+                bad.append(f"{rel}:{line} imports {target} at import time "
+                           "(an optional dependency: import it where it is used)")  # fmt: skip
+    return bad
+
+
 def env_reads_of(source: str, rel: str) -> list[tuple[int, str]]:
     """os.environ / os.getenv use (also via `import os as x` and `from os import environ`)."""
     tree = ast.parse(source, filename=rel)
@@ -151,6 +206,7 @@ def _py_files() -> dict[str, str]:
 def files() -> dict[str, str]:
     found = _py_files()
     assert sum(r.startswith("deltaserve/engine/") for r in found) >= 10, "walked the wrong tree"
+    assert sum(r.startswith(SDK_FILES) for r in found) >= 5, "the SDK's files were not found"
     return found
 
 
@@ -171,6 +227,16 @@ def test_only_the_vllm_backend_imports_vllm_and_only_lazily(files):
              for _, t in imports_of(ast.unparse(node), rel)
              if t.startswith("deltaserve.server.vllm_engine.client")]
     assert not bad + eager, "\n".join(bad + eager)
+
+
+def test_sdk_imports_only_its_dependencies(files):
+    assert not sdk_violations(files), "\n".join(sdk_violations(files))
+
+
+def test_sdk_declares_only_httpx_and_pydantic():
+    project = tomllib.loads((ROOT / SDK_FILES / "pyproject.toml").read_text())["project"]
+    names = {dep.split(">")[0].split("=")[0].split("<")[0].strip() for dep in project["dependencies"]}
+    assert project["name"] == "deltaserve-client" and names == SDK_DEPENDENCIES
 
 
 def test_only_metrics_module_imports_prometheus_client(files):
@@ -228,6 +294,32 @@ def test_checker_flags_clients_importing_deltaserve():
     bad = rule_violations(RULES[3], {"clients/python/sdk/client.py": "from deltaserve.engine import x"})
     assert bad == ["clients/python/sdk/client.py:1 imports deltaserve.engine.x "
                    "(clients speak HTTP only)"]
+
+
+SDK_FILE = "clients/python/src/deltaserve_client/_client.py"
+
+
+@pytest.mark.parametrize("source, flagged", [
+    ("import torch", "imports torch "),
+    ("from deltaserve.server.protocol import CompletionRequest", "imports deltaserve.server"),
+    ("import requests", "imports requests "),
+    ("import openai", "imports openai at import time"),
+    ("try:\n    from openai import OpenAI\nexcept ImportError:\n    pass", "at import time"),
+    ("import sys\nif sys.version_info > (3,):\n    import openai", "at import time"),
+])
+def test_checker_flags_sdk_violations(source, flagged):
+    bad = sdk_violations({SDK_FILE: source})
+    assert len(bad) == 1 and flagged in bad[0] and SDK_FILE in bad[0]
+
+
+@pytest.mark.parametrize("source", [
+    "import json\nimport httpx\nfrom pydantic import BaseModel\nfrom deltaserve_client import x",
+    "def f():\n    import openai",
+    "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import openai",
+    "from __future__ import annotations\nimport email.utils",
+])
+def test_checker_allows_sdk_imports(source):
+    assert sdk_violations({SDK_FILE: source}) == []
 
 
 @pytest.mark.parametrize("source", [

@@ -35,7 +35,8 @@ async def list_models(state: StateDep, principal: PrincipalDep) -> ModelList:
             continue  # the base id wins; such an adapter is unreachable by name
         cards.append(
             ModelCard(
-                id=info.name, created=info.created, root=info.name, parent=base, kind=info.kind
+                id=info.name, created=info.created, root=info.name, parent=base, kind=info.kind,
+                max_model_len=max_len,
             )
         )
     return ModelList(data=cards)

@@ -43,7 +43,14 @@ def error_of(r, status: int) -> dict:
         ({"model": "tiny-base", "prompt": "x", "suffix": "y"}, "suffix"),
         ({"model": "tiny-base", "prompt": "x", "frequency_penalty": 0.5}, "frequency_penalty"),
         ({"model": "tiny-base", "prompt": "x", "best_of": 3}, "best_of"),
-        ({"model": "tiny-base", "prompt": "x", "echo": True, "logprobs": 1}, "echo"),
+        ({"model": "tiny-base", "prompt": "x", "prompt_logprobs": 1, "stream": True},
+         "prompt_logprobs"),
+        ({"model": "tiny-base", "prompt": "x", "structured_outputs": {"regex": "a", "choice": ["b"]}},
+         "structured_outputs"),
+        ({"model": "tiny-base", "prompt": "x", "response_format": {"type": "json_schema"}},
+         "response_format.json_schema"),
+        ({"model": "tiny-base", "prompt": "x", "response_format": {"type": "xml"}},
+         "response_format"),
     ],
 )
 def test_invalid_completion_fields_are_400_with_param(
