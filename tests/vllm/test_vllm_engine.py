@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+import torch
 from transformers import AutoTokenizer
 
 from deltaserve.router.peft_io import MIX_INFO
@@ -202,3 +203,24 @@ def test_abort_on_disconnect_and_metrics(server: VllmServer) -> None:
         assert metric(text, name) >= 0
     assert metric(text, "deltaserve_time_to_first_token_seconds_count") > 0
     assert metric(text, "deltaserve_adapters_resident", '{tier="host"}') >= len(LORAS)
+
+
+def test_echo_scores_the_prompt_like_transformers(server: VllmServer, oracle) -> None:
+    prompt = PROMPTS[0]
+    r = server.client().completions.create(model=BASE_ID, prompt=prompt, max_tokens=0,
+                                           echo=True, logprobs=1, temperature=0)  # fmt: skip
+    lp = r.choices[0].logprobs
+    assert lp.token_logprobs[0] is None and len(lp.token_logprobs) == len(prompt)
+    with torch.no_grad():
+        scores = oracle.base(torch.tensor([prompt])).logits[0].float().log_softmax(-1)
+    want = [float(scores[i - 1, prompt[i]]) for i in range(1, len(prompt))]
+    assert lp.token_logprobs[1:] == pytest.approx(want, abs=1e-3)
+
+
+def test_structured_outputs_are_refused_clearly(server: VllmServer) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        server.client().chat.completions.create(
+            model=BASE_ID, messages=[{"role": "user", "content": "hi"}], max_tokens=4,
+            response_format={"type": "json_object"},
+        )  # fmt: skip
+    assert "structured outputs" in info.value.body["message"]

@@ -153,7 +153,7 @@ class VLLMEngineClient:
             raise ValueError("the prompt is empty")
         if any(not 0 <= t < self.vocab_size for t in prompt):
             raise ValueError(f"prompt token ids must be in [0, {self.vocab_size})")
-        if n + (params.max_tokens or 1) > self.max_model_len:
+        if n + max(params.max_tokens or 0, 1) > self.max_model_len:
             raise ValueError(
                 f"this model's maximum context length is {self.max_model_len} tokens; the "
                 f"prompt has {n} tokens and max_tokens is {params.max_tokens}. Shorten the "
@@ -172,12 +172,14 @@ class VLLMEngineClient:
     ) -> AsyncIterator[RequestOutput]:
         if self._engine is None:
             raise RuntimeError("the vLLM engine is not started")
+        if params.grammar is not None:  # the server asks compile_grammar first; we have none
+            raise ValueError("structured outputs are not available with --engine vllm")
         self._check_prompt(prompt_token_ids, params)
         lora = await self._lora_request(adapter) if adapter is not None else None
         if lora is not None:
             self._ids.hold(lora.lora_int_id)
         conv = OutputConverter(
-            request_id, list(prompt_token_ids), params.logprobs, time.monotonic(),
+            request_id, list(prompt_token_ids), params, time.monotonic(),
             adapter.name if adapter is not None else None,
         )  # fmt: skip
         stream = self._engine.generate(
