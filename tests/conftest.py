@@ -1,4 +1,5 @@
-"""Suite-wide: tests marked `gpu` run only where CUDA is available; tests/vllm only on request.
+"""Suite-wide: tests marked `gpu` run only where CUDA is available; without CUDA, Triton
+kernels run under Triton's interpreter (CPU tensors); tests/vllm only on request.
 
 tests/vllm needs vLLM, which lives in its own venv (`make test-vllm`): a plain `pytest` (what
 `make test` runs) does not collect it; naming it (`pytest tests/vllm`) does.
@@ -6,10 +7,16 @@ tests/vllm needs vLLM, which lives in its own venv (`make test-vllm`): a plain `
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    # Before anything imports triton: its own @jit helpers (tl.zeros...) are built for the
+    # interpreter or the compiler when triton is imported, our kernels when they are defined.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 VLLM_TESTS = Path(__file__).parent / "vllm"
 

@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import time
+import types
 from collections.abc import Callable
 
+import deltaserve_client._async_client as _async_mod
+import deltaserve_client._client as _client_mod
 import httpx
 import pytest
 from deltaserve_client import (
@@ -57,8 +60,10 @@ class Script:
 
 @pytest.fixture
 def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    # The SDK module's own `time`, not the global one: other threads of the test process
+    # (servers of other tests) may sleep too.
     slept: list[float] = []
-    monkeypatch.setattr(time, "sleep", slept.append)
+    monkeypatch.setattr(_client_mod, "time", types.SimpleNamespace(sleep=slept.append))
     return slept
 
 
@@ -133,7 +138,7 @@ def test_async_client_retries_with_asyncio_sleep(monkeypatch: pytest.MonkeyPatch
     async def fake_sleep(seconds: float) -> None:
         slept.append(seconds)
 
-    monkeypatch.setattr(asyncio, "sleep", fake_sleep)
+    monkeypatch.setattr(_async_mod, "asyncio", types.SimpleNamespace(sleep=fake_sleep))
     script = Script(error(429, headers={"Retry-After": "2"}), httpx.Response(200, json=MODELS))
 
     async def main() -> str:

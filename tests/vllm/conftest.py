@@ -59,6 +59,7 @@ def vllm_cpu_env() -> dict[str, str]:
                if Path(p).is_file()]  # fmt: skip
     if preload:
         env["LD_PRELOAD"] = ":".join(preload)
+    env.pop("TRITON_INTERPRET", None)  # set by tests/conftest.py for our kernels, not vLLM's
     return env
 
 

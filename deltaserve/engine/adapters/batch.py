@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 import torch
 
-from deltaserve.engine.ops.lora import LoRARows, LoRAStack, lora_grouped
-from deltaserve.engine.ops.sparse_delta import DeltaRows, SparseDeltaStack, sparse_delta_grouped
+from deltaserve.engine.ops.dispatch import lora_apply, sparse_delta_apply
+from deltaserve.engine.ops.lora import LoRARows, LoRAStack
+from deltaserve.engine.ops.sparse_delta import DeltaRows, SparseDeltaStack
 
 
 @dataclass
@@ -31,8 +32,8 @@ class AdapterBatch:
         if self.lora_stack is not None:
             gw = self.lora_stack.groups.get((layer, group))
             if gw is not None:
-                lora_grouped(x, y, gw, self.lora_rows)
+                lora_apply(x, y, gw, self.lora_rows)
         if self.delta_stack is not None:
             g = self.delta_stack.groups.get((layer, group))
             if g is not None:
-                sparse_delta_grouped(x, y, g, self.delta_rows)
+                sparse_delta_apply(x, y, g, self.delta_rows)

@@ -15,8 +15,6 @@ from dataclasses import dataclass
 
 import torch
 
-from deltaserve.engine.ops import lora_cpu
-
 # Which HF module names each fused projection of a decoder layer carries, in output order.
 GROUPS: dict[str, tuple[str, ...]] = {
     "qkv": ("q_proj", "k_proj", "v_proj"),
@@ -225,10 +223,6 @@ def lora_grouped(x: torch.Tensor, y: torch.Tensor, gw: _GroupWeights, rows: LoRA
     x: [T, d_in]; y: [T, d_out_total] (the fused projection's output, subs in order).
     """
     n, m = rows.n, rows.m
-    if rows.segments is not None and lora_cpu.supports(x, rows.max_rows):
-        lora_cpu.lora_segments(x.contiguous(), y, gw.a, [s.b for s in gw.subs],
-                               [s.out_offset for s in gw.subs], gw.rank, *rows.segments)
-        return
     if rows.contiguous:
         _lora_contiguous(x[: n * m].view(n, m, -1), y[: n * m].view(n, m, -1), gw)
         return

@@ -1,4 +1,5 @@
-"""ops/lora_cpu.py: the compiled CPU kernel for decode-sized steps against the per-row oracle."""
+"""ops/lora_cpu.py: the compiled CPU kernel for decode-sized steps (chosen by ops/dispatch.py)
+against the per-row oracle and the PyTorch path."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from deltaserve.engine.ops import lora_cpu
+from deltaserve.engine.ops.dispatch import lora_apply
 from deltaserve.engine.ops.lora import GROUPS, LoRARows, LoRAStack, lora_grouped, lora_reference
 
 CPU = torch.device("cpu")
@@ -47,7 +49,7 @@ def _check(adapters, counts, base_rows, dtype, atol, rtol, spy):
         y0 = torch.randn(len(row_slots), sum(OUT[m] for m in modules), generator=g).to(dtype)
         got = y0.clone()
         calls = len(spy)
-        lora_grouped(x, got, gw, rows)
+        lora_apply(x, got, gw, rows)
         assert len(spy) == calls + 1, "the CPU kernel must have run"
         want = y0.float().clone()
         lora_reference(x.float(), want, per_row, 0, modules, OUT)
@@ -83,7 +85,7 @@ def test_kernel_matches_reference_bfloat16(seed, spy):
            spy=spy)
 
 
-def test_kernel_equals_the_pytorch_path(monkeypatch):
+def test_kernel_equals_the_pytorch_path():
     """The same step through the kernel and through bmm: equal to float32 rounding."""
     adapters = _adapters(5, [8, 16, 4])
     stack = LoRAStack(adapters, OUT, 1, CPU, torch.float32)
@@ -92,10 +94,8 @@ def test_kernel_equals_the_pytorch_path(monkeypatch):
         x = torch.randn(7, IN[GROUPS[group][0]])
         y0 = torch.randn(7, sum(OUT[m] for m in GROUPS[group]))
         fast, slow = y0.clone(), y0.clone()
-        lora_grouped(x, fast, gw, rows)
-        with monkeypatch.context() as m:
-            m.setattr(lora_cpu, "supports", lambda *a: False)
-            lora_grouped(x, slow, gw, rows)
+        lora_apply(x, fast, gw, rows)
+        lora_grouped(x, slow, gw, rows)  # the PyTorch path
         torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
 
 
