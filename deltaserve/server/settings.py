@@ -98,6 +98,33 @@ class Settings(BaseSettings):
         "tenants by virtual token counters, weighted by the key file's tenant weights). "
         "auto: vtc when --api-keys is set, else fcfs.",
     )
+    # --- --engine vllm (passed to vLLM's engine arguments; the native engine ignores them) --
+    tensor_parallel_size: int = Field(
+        1, ge=1, description="vllm: GPUs the base model is split across (tensor parallelism)."
+    )
+    pipeline_parallel_size: int = Field(
+        1, ge=1, description="vllm: pipeline stages the layers are split into (GPUs or nodes)."
+    )
+    distributed_executor_backend: Literal["mp", "ray", "uni", "external_launcher"] | None = Field(
+        None, description="vllm: how workers are run (mp: local processes, ray: multi-node); "
+        "unset = vLLM's choice."
+    )
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="vllm: fraction of the GPU memory vLLM may use (weights + KV "
+        "cache)."
+    )
+    max_cpu_loras: int | None = Field(
+        None, ge=1, description="vllm: most LoRAs cached in host memory (default: "
+        "--max-cpu-adapters, at least --max-loras)."
+    )
+    enforce_eager: bool = Field(
+        False, description="vllm: run eagerly, without CUDA graphs or compilation."
+    )
+    vllm_engine_arg: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, json_schema_extra={"metavar": "KEY=VALUE"},
+        description="vllm: any other vLLM engine argument (repeatable; VALUE is read as JSON, "
+        "else as a string), e.g. max_num_batched_tokens=2048; in the environment a JSON object.",
+    )
     # --- tenancy -------------------------------------------------------------------------
     api_keys: Path | None = Field(
         None,
@@ -176,6 +203,17 @@ class Settings(BaseSettings):
             if text.startswith("["):
                 return json.loads(text)
             return [p for p in text.split(os.pathsep) if p]
+        return value
+
+    @field_validator("vllm_engine_arg", mode="before")
+    @classmethod
+    def _engine_args(cls, value: Any) -> Any:
+        """From the environment: a JSON object {"key": value} or one KEY=VALUE string."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("{"):
+                return [f"{k}={json.dumps(v)}" for k, v in json.loads(text).items()]
+            return [text] if text else []
         return value
 
     @property

@@ -51,6 +51,8 @@ SDK_LAZY = ("openai",)
 """Optional dependencies: imported inside functions (or for type checking) only."""
 SDK_DEPENDENCIES = {"httpx", "pydantic"}
 PROMETHEUS_OWNER = "deltaserve/server/metrics.py"
+VLLM_OWNER = "deltaserve/server/vllm_engine/"
+"""The only package that imports vllm (an optional extra); others reach it lazily."""
 ENV_OWNER = "deltaserve/server/settings.py"
 ENV_ATTRS = {"environ", "environb", "getenv", "getenvb"}
 
@@ -213,6 +215,18 @@ def files() -> dict[str, str]:
 @pytest.mark.parametrize("rule", RULES, ids=[r.files for r in RULES])
 def test_package_import_rules(files, rule):
     assert not rule_violations(rule, files), "\n".join(rule_violations(rule, files))
+
+
+def test_only_the_vllm_backend_imports_vllm_and_only_lazily(files):
+    bad = [f"{rel}:{line} imports {t} (only {VLLM_OWNER} may)"
+           for rel, src in files.items() if not rel.startswith(VLLM_OWNER)
+           for line, t in imports_of(src, rel) if t == "vllm" or t.startswith("vllm.")]
+    eager = [f"{rel}:{node.lineno} imports {VLLM_OWNER} at module level (import it lazily)"
+             for rel, src in files.items() if not rel.startswith(VLLM_OWNER)
+             for node in ast.parse(src).body if isinstance(node, (ast.Import, ast.ImportFrom))
+             for _, t in imports_of(ast.unparse(node), rel)
+             if t.startswith("deltaserve.server.vllm_engine.client")]
+    assert not bad + eager, "\n".join(bad + eager)
 
 
 def test_sdk_imports_only_its_dependencies(files):
