@@ -180,11 +180,10 @@ PromptLogprobs = list[dict[str, PromptLogprob] | None]
 """Per prompt position (the first None): token id (as a string) → its logprob."""
 
 
-class CompletionChoice(BaseModel):
-    index: int
-    text: str
-    logprobs: CompletionLogprobs | None = None
-    finish_reason: Literal["stop", "length"] | None = None
+class _WithPromptLogprobs(BaseModel):
+    """vLLM's `prompt_logprobs`: present in the JSON only when asked for (OpenAI's typed
+    clients reject unknown nulls)."""
+
     prompt_logprobs: PromptLogprobs | None = None
 
     @model_serializer(mode="wrap")
@@ -193,6 +192,13 @@ class CompletionChoice(BaseModel):
         if data.get("prompt_logprobs") is None:
             data.pop("prompt_logprobs", None)
         return data
+
+
+class CompletionChoice(_WithPromptLogprobs):
+    index: int
+    text: str
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: Literal["stop", "length"] | None = None
 
 
 class CompletionResponse(BaseModel):
@@ -233,7 +239,7 @@ class ChatChoice(BaseModel):
     finish_reason: Literal["stop", "length"] | None = None
 
 
-class ChatCompletionResponse(BaseModel):
+class ChatCompletionResponse(_WithPromptLogprobs):
     id: str
     object: Literal["chat.completion"] = "chat.completion"
     created: int = Field(default_factory=lambda: int(time.time()))
@@ -241,14 +247,6 @@ class ChatCompletionResponse(BaseModel):
     choices: list[ChatChoice]
     usage: UsageInfo | None = None
     system_fingerprint: str | None = None
-    prompt_logprobs: PromptLogprobs | None = None
-
-    @model_serializer(mode="wrap")
-    def _omit_prompt_logprobs(self, handler: Any) -> dict[str, Any]:
-        data = handler(self)
-        if data.get("prompt_logprobs") is None:
-            data.pop("prompt_logprobs", None)
-        return data
 
 
 class DeltaMessage(BaseModel):

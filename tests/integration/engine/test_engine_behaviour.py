@@ -135,13 +135,18 @@ def test_prompt_beyond_context_is_refused(llama_dir):
     assert len(out.outputs[0].token_ids) == 2 and out.outputs[0].finish_reason == "length"
 
 
+async def _started_async_engine(model_dir: str) -> AsyncLLMEngine:
+    eng = AsyncLLMEngine(EngineConfig(model=model_dir, dtype="float32", device="cpu",
+                                      kv_cache_memory_bytes=16 << 20))
+    await eng.start()
+    return eng
+
+
 def test_async_engine_streams_and_cancel_frees(llama_dir, llama_loras):
     model_dir, _ = llama_dir
 
     async def main():
-        eng = AsyncLLMEngine(EngineConfig(model=model_dir, dtype="float32", device="cpu",
-                                          kv_cache_memory_bytes=16 << 20))
-        await eng.start()
+        eng = await _started_async_engine(model_dir)
         try:
             params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
             adapter = AdapterRequest("a", llama_loras["r4-all"][0])
@@ -174,9 +179,7 @@ def test_final_only_requests_get_one_output_beside_streaming_ones(llama_dir, lla
     model_dir, _ = llama_dir
 
     async def main():
-        eng = AsyncLLMEngine(EngineConfig(model=model_dir, dtype="float32", device="cpu",
-                                          kv_cache_memory_bytes=16 << 20))
-        await eng.start()
+        eng = await _started_async_engine(model_dir)
         try:
             adapter = AdapterRequest("a", llama_loras["r4-all"][0])
 
