@@ -203,3 +203,18 @@ def test_final_only_requests_get_one_output_beside_streaming_ones(llama_dir, lla
 def test_output_kind_is_validated():
     with pytest.raises(ValueError, match="output_kind"):
         SamplingParams(output_kind="delta")
+
+
+def test_async_engine_loads_the_model_on_its_step_thread(llama_dir, tmp_path):
+    """The step thread builds the engine (one OpenMP team for all torch work); a model that
+    cannot load raises from the constructor, and an engine never started shuts down."""
+    import threading
+
+    with pytest.raises(ValueError, match="no config.json"):
+        AsyncLLMEngine(EngineConfig(model=str(tmp_path), device="cpu"))
+    eng = AsyncLLMEngine(EngineConfig(model=llama_dir[0], dtype="float32", device="cpu",
+                                      kv_cache_memory_bytes=16 << 20))
+    assert eng._thread is not None and eng._thread.name == "engine-step"
+    assert eng._thread is not threading.current_thread()
+    asyncio.run(eng.shutdown())
+    assert eng._thread is None
