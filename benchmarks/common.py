@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 # Variant name -> number of distinct adapters the requests use (None = all the workload has).
@@ -48,6 +50,8 @@ class RunResult:
     """Why there is no measurement (engine missing or failed); tok_s is then 0."""
     sample_tokens: list[list[int]] = field(default_factory=list)
     """Generated token ids of the first SAMPLE_REQUESTS requests, to compare engines."""
+    run_seconds: list[float] = field(default_factory=list)
+    """Wall seconds of each timed repetition; `seconds` is their median."""
 
     @property
     def tok_s(self) -> float:
@@ -63,10 +67,22 @@ class RunResult:
             "gen_len": self.gen_len,
             "generated_tokens": self.generated_tokens,
             "seconds": round(self.seconds, 4),
+            "run_seconds": [round(s, 4) for s in self.run_seconds],
             "tok_s": round(self.tok_s, 2),
             "error": self.error,
             "sample_tokens": self.sample_tokens,
         }
+
+
+def timed_repeats(res: RunResult, repeats: int, once: Callable[[], tuple[int, float]]) -> None:
+    """Run `once` (one timed load: returns the tokens it generated and its wall seconds)
+    `repeats` times and keep the median: on a small shared VM single runs move by ±10%, more
+    than some of the ratios the targets compare. Sets res.run_seconds, res.seconds (the
+    median) and res.generated_tokens."""
+    for _ in range(max(1, repeats)):
+        res.generated_tokens, seconds = once()
+        res.run_seconds.append(seconds)
+    res.seconds = statistics.median(res.run_seconds)
 
 
 def sync(device: str) -> None:

@@ -12,7 +12,14 @@ import traceback
 from types import SimpleNamespace
 
 from benchmarks import plans
-from benchmarks.common import SAMPLE_REQUESTS, RunResult, adapters_in, free_memory, sync
+from benchmarks.common import (
+    SAMPLE_REQUESTS,
+    RunResult,
+    adapters_in,
+    free_memory,
+    sync,
+    timed_repeats,
+)
 from benchmarks.workload import Assets
 
 WARMUP_TOKENS = 4
@@ -53,8 +60,10 @@ def run(
     gen_len: int,
     device: str = "cpu",
     mixed_prefill_decode: bool = False,
+    repeats: int = 1,
 ) -> RunResult:
-    """Measure generated tokens / wall second of one `generate` over all requests.
+    """Measure generated tokens / wall second of one `generate` over all requests (the
+    median of `repeats` timed calls).
 
     device: "cpu" or "cuda" (EngineConfig.device). mixed_prefill_decode: prefills share
     steps with decodes (EngineConfig.mixed_prefill_decode) instead of getting their own step.
@@ -69,7 +78,7 @@ def run(
         res.error = reason
         return res
     try:
-        _measure(assets, prompts, gen_len, res, device, mixed_prefill_decode)
+        _measure(assets, prompts, gen_len, res, device, mixed_prefill_decode, repeats)
     except Exception as exc:  # report, keep the other runs going
         traceback.print_exc()
         res.error = f"deltaserve run failed ({type(exc).__name__}: {exc})"
@@ -84,6 +93,7 @@ def _measure(
     res: RunResult,
     device: str,
     mixed_prefill_decode: bool,
+    repeats: int,
 ) -> None:
     api = _api()
     p = plans.plan(assets, res.variant, len(prompts))
@@ -107,17 +117,19 @@ def _measure(
 
     # generate() already waits for the GPU (it reads the tokens back); the syncs make the
     # timed region's edges explicit on CUDA.
-    sync(device)
-    start = time.perf_counter()
-    outs = engine.generate(prompts, _params(gen_len), adapters=adapters)
-    sync(device)
-    res.seconds = time.perf_counter() - start
-    token_ids = [list(o.outputs[0].token_ids) for o in outs]
-    res.generated_tokens = sum(len(t) for t in token_ids)
-    res.sample_tokens = token_ids[:SAMPLE_REQUESTS]
+    def once() -> tuple[int, float]:
+        sync(device)
+        start = time.perf_counter()
+        outs = engine.generate(prompts, _params(gen_len), adapters=adapters)
+        sync(device)
+        seconds = time.perf_counter() - start
+        token_ids = [list(o.outputs[0].token_ids) for o in outs]
+        res.sample_tokens = token_ids[:SAMPLE_REQUESTS]
+        return sum(len(t) for t in token_ids), seconds
+
+    timed_repeats(res, repeats, once)
     if res.generated_tokens != len(prompts) * gen_len:
         print(
             f"warning: deltaserve generated {res.generated_tokens} tokens, "
             f"expected {len(prompts) * gen_len}"
         )
-    del engine, outs

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from benchmarks.common import RunResult
+from benchmarks.common import RunResult, timed_repeats
 
 WARMUP_TOKENS = 4
 
@@ -64,9 +64,10 @@ def send_all(base_url: str, models: list[str], prompts: list[list[int]], gen_len
 
 
 def measure(base_url: str, res: RunResult, models: list[str], prompts: list[list[int]],
-            gen_len: int, progress: Callable[[str], None] = print) -> None:
+            gen_len: int, progress: Callable[[str], None] = print, repeats: int = 1) -> None:
     """Warm-up (every request, WARMUP_TOKENS tokens: all adapters loaded, every batch shape
-    seen), then the timed load; fills res.seconds and res.generated_tokens."""
+    seen), then the timed load `repeats` times; fills res.seconds (the median run: from the
+    first send to the last reply), res.run_seconds and res.generated_tokens."""
     send_all(base_url, models, prompts, WARMUP_TOKENS)
     step = max(1, len(prompts) // 4)
 
@@ -74,5 +75,10 @@ def measure(base_url: str, res: RunResult, models: list[str], prompts: list[list
         if n % step == 0 or n == len(prompts):
             progress(f"  {n}/{len(prompts)} requests done")
 
-    out = send_all(base_url, models, prompts, gen_len, on_done)
-    res.seconds, res.generated_tokens = out.seconds, out.completion_tokens
+    def once() -> tuple[int, float]:
+        out = send_all(base_url, models, prompts, gen_len, on_done)
+        progress(f"  run {len(res.run_seconds) + 1}/{repeats}: "
+                 f"{out.completion_tokens / out.seconds:.1f} tok/s")
+        return out.completion_tokens, out.seconds
+
+    timed_repeats(res, repeats, once)

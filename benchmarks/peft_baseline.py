@@ -19,6 +19,7 @@ from benchmarks.common import (
     free_memory,
     round_robin,
     sync,
+    timed_repeats,
 )
 from benchmarks.workload import PAD_ID, Assets
 
@@ -68,9 +69,11 @@ def _generate(
 
 
 def run(
-    assets: Assets, variant: str, prompts: list[list[int]], gen_len: int, device: str = "cpu"
+    assets: Assets, variant: str, prompts: list[list[int]], gen_len: int, device: str = "cpu",
+    repeats: int = 1,
 ) -> RunResult:
-    """Measure generated tokens / wall second (prefill included) for one variant."""
+    """Measure generated tokens / wall second (prefill included) for one variant: the median
+    of `repeats` timed generate calls."""
     k = adapters_in(variant, assets.spec.num_adapters)
     res = RunResult(
         engine="peft", variant=variant, num_adapters=k, num_requests=len(prompts),
@@ -90,13 +93,16 @@ def run(
     # Same warm-up as the deltaserve runner: the timed batch, a few tokens.
     _generate(model, prompts, names, WARMUP_TOKENS, device)
 
-    sync(device)  # CUDA: the warm-up's kernels are done before the clock starts
-    start = time.perf_counter()
-    gen = _generate(model, prompts, names, gen_len, device)
-    sync(device)  # ... and the timed generate's are done before it stops
-    res.seconds = time.perf_counter() - start
-    res.generated_tokens = int(gen.numel())
-    res.sample_tokens = gen[:SAMPLE_REQUESTS].tolist()
-    del model, gen
+    def once(model=model) -> tuple[int, float]:
+        sync(device)  # CUDA: earlier kernels are done before the clock starts
+        start = time.perf_counter()
+        gen = _generate(model, prompts, names, gen_len, device)
+        sync(device)  # ... and the timed generate's are done before it stops
+        seconds = time.perf_counter() - start
+        res.sample_tokens = gen[:SAMPLE_REQUESTS].tolist()
+        return int(gen.numel()), seconds
+
+    timed_repeats(res, repeats, once)
+    del model, once  # the model's memory is free before the next row loads its own
     free_memory(device)
     return res

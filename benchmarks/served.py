@@ -63,7 +63,7 @@ def request_models(p: plans.Plan, base_id: str) -> list[str]:
 
 def run_all(assets: Assets, variants: list[str], prompts: list[list[int]], gen_len: int,
             out: Path, progress: Callable[[str], None] = print,
-            start_timeout: float = 600.0) -> tuple[list[RunResult], dict]:
+            start_timeout: float = 600.0, repeats: int = 1) -> tuple[list[RunResult], dict]:
     """One RunResult per variant (error rows where the server or a variant failed), and
     what the server reported: its command, log path, dtype and deltaserve_engine_info."""
     variant_plans = {v: plans.plan(assets, v, len(prompts)) for v in variants}
@@ -85,7 +85,7 @@ def run_all(assets: Assets, variants: list[str], prompts: list[list[int]], gen_l
                      f"{info['engine_info'] or 'info not in /metrics'}")
             for res in results:
                 _run_variant(srv.base_url, res, variant_plans[res.variant], base_id, loaded,
-                             prompts, gen_len, progress)
+                             prompts, gen_len, progress, repeats)
     except Exception as exc:  # not started, or died: the rows not measured say why
         why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         for res in results:
@@ -97,7 +97,7 @@ def run_all(assets: Assets, variants: list[str], prompts: list[list[int]], gen_l
 
 def _run_variant(base_url: str, res: RunResult, p: plans.Plan, base_id: str, loaded: set[str],
                  prompts: list[list[int]], gen_len: int,
-                 progress: Callable[[str], None]) -> None:
+                 progress: Callable[[str], None], repeats: int) -> None:
     missing = sorted({a.name for a in p.adapters} - loaded)
     if missing:
         res.error = f"adapters not loaded by the server (see its log): {', '.join(missing)}"
@@ -106,7 +106,7 @@ def _run_variant(base_url: str, res: RunResult, p: plans.Plan, base_id: str, loa
                  f"{len(p.adapters)} adapters ...")
         try:
             http_load.measure(base_url, res, request_models(p, base_id), prompts, gen_len,
-                              progress)
+                              progress, repeats)
         except Exception as exc:  # one variant's failure must not stop the others
             traceback.print_exc()
             res.error = f"{type(exc).__name__}: {str(exc)[:200]}"

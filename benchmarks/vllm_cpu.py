@@ -92,7 +92,7 @@ def server_command(python: Path, assets: Assets, port: int, loras: list[plans.Ad
 
 def run_all(assets: Assets, variants: list[str], prompts: list[list[int]], gen_len: int,
             out: Path, python: Path = DEFAULT_PYTHON, progress: Callable[[str], None] = print,
-            start_timeout: float = 900.0) -> tuple[list[RunResult], dict]:
+            start_timeout: float = 900.0, repeats: int = 1) -> tuple[list[RunResult], dict]:
     """One row per variant of VARIANTS in `variants` (error rows say "skipped: why"), and
     {version, env, log} of the vLLM server."""
     results = [RunResult(engine=ENGINE, variant=v, num_adapters=adapters_in(v, assets.spec.num_adapters),
@@ -107,7 +107,7 @@ def run_all(assets: Assets, variants: list[str], prompts: list[list[int]], gen_l
                        if k.startswith("VLLM_") or k == "LD_PRELOAD"}
         try:
             _serve_and_measure(assets, results, prompts, gen_len, out, python, progress,
-                               start_timeout)
+                               start_timeout, repeats)
         except (ServerFailed, OSError) as exc:
             reason = f"vLLM server did not start ({str(exc).splitlines()[0]})"
     for res in results:
@@ -118,7 +118,7 @@ def run_all(assets: Assets, variants: list[str], prompts: list[list[int]], gen_l
 
 
 def _serve_and_measure(assets, results, prompts, gen_len, out, python, progress,
-                       start_timeout) -> None:
+                       start_timeout, repeats) -> None:
     # The LoRAs of the variant with the most adapters (W): one server for all rows.
     loras = max((plans.plan(assets, r.variant, len(prompts)) for r in results),
                 key=lambda p: len(p.adapters)).adapters
@@ -132,7 +132,8 @@ def _serve_and_measure(assets, results, prompts, gen_len, out, python, progress,
             models = [SERVED_NAME if a is None else a.name for a in p.per_request]
             progress(f"[vllm] {res.variant}: {len(prompts)} concurrent requests ...")
             try:
-                http_load.measure(srv.base_url, res, models, prompts, gen_len, progress)
+                http_load.measure(srv.base_url, res, models, prompts, gen_len, progress,
+                                  repeats)
             except Exception as exc:  # keep the other rows
                 res.error = f"vLLM request failed: {type(exc).__name__}: {str(exc)[:200]}"
             progress(f"[vllm] {res.variant}: " + (res.error or f"{res.tok_s:.1f} tok/s"))

@@ -168,14 +168,16 @@ class ServerState:
         return text
 
 
-def get_state(request: Request) -> ServerState:
+# The dependencies are coroutines: FastAPI runs a plain `def` dependency in its thread pool,
+# two thread hand-offs per request for a dictionary lookup and a SHA-256.
+async def get_state(request: Request) -> ServerState:
     return request.app.state.server
 
 
 StateDep = Annotated[ServerState, Depends(get_state)]
 
 
-def get_principal(
+async def get_principal(
     request: Request, state: StateDep, authorization: Annotated[str | None, Header()] = None
 ) -> Principal:
     """The authenticated caller (401 without a valid key when keys are configured).

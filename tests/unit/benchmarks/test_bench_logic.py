@@ -6,7 +6,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmarks import bench_report, bound, machine, plans, served, targets, vllm_cpu, workload
+from benchmarks import (
+    bench_report,
+    bound,
+    common,
+    machine,
+    plans,
+    served,
+    targets,
+    vllm_cpu,
+    workload,
+)
 from benchmarks.common import RunResult
 
 
@@ -99,9 +109,21 @@ def _meta():
 
 def test_table_rows_share_of_bound_and_skips():
     table = bench_report.markdown_table(_results(), _meta()["bound"])
-    assert "| matmul-only bound (float32, 64 rows) | W | – | 1024.0 | 100% |" in table
-    assert "| deltaserve serve (HTTP) | W | 32 | 512.0 | 50% |" in table
-    assert "| vLLM-CPU (HTTP) | W | 32 | skipped: no vLLM venv at x | – |" in table
+    assert "| matmul-only bound (float32, 64 rows) | W | – | 1024.0 | – | 100% |" in table
+    assert "| deltaserve serve (HTTP) | W | 32 | 512.0 | – | 50% |" in table
+    assert "| vLLM-CPU (HTTP) | W | 32 | skipped: no vLLM venv at x | – | – |" in table
+
+
+def test_repeats_keep_the_median_and_every_run():
+    res = RunResult(engine="served", variant="W", num_adapters=32, num_requests=64,
+                    prompt_len=64, gen_len=64)
+    times = iter([4.0, 8.0, 5.0])
+    common.timed_repeats(res, 3, lambda: (4096, next(times)))
+    assert res.run_seconds == [4.0, 8.0, 5.0]
+    assert res.seconds == 5.0 and res.tok_s == 4096 / 5.0  # the slow outlier does not count
+    assert res.to_json()["run_seconds"] == [4.0, 8.0, 5.0]
+    table = bench_report.markdown_table([res], None)
+    assert "| deltaserve serve (HTTP) | W | 32 | 819.2 | 1024 / 512 / 819 | – |" in table
 
 
 def test_readme_section_replaced_or_appended(tmp_path):
