@@ -14,8 +14,6 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import torch
-
 from deltaserve.engine.adapters.base import AdapterRequest
 from deltaserve.engine.config import EngineConfig
 from deltaserve.engine.fairness import VTCPolicy
@@ -24,6 +22,7 @@ from deltaserve.engine.llm_engine import LLMEngine
 from deltaserve.engine.outputs import RequestOutput
 from deltaserve.engine.protocol import EngineStats, QueueFullError
 from deltaserve.engine.sampling_params import SamplingParams
+from deltaserve.engine.threads import single_threaded, use_intra_op_threads
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +54,9 @@ class AsyncLLMEngine:
         self._aborts: deque[str] = deque()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        # Loader threads run no parallel torch work: each OpenMP team beyond the step thread's
-        # makes libgomp throttle its spin-waits on a small machine (see _build_and_run).
+        # Loader threads run no parallel torch work (engine/threads.py).
         self._loaders = ThreadPoolExecutor(max_workers=2, thread_name_prefix="adapter-load",
-                                           initializer=torch.set_num_threads, initargs=(1,))
+                                           initializer=single_threaded)
         self._stats = self.engine.stats()
 
     # ---- lifecycle ----------------------------------------------------------------------
@@ -79,6 +77,7 @@ class AsyncLLMEngine:
         """The model is loaded and stepped by the same thread: when another thread had run
         torch's OpenMP regions first, libgomp saw more threads than cores and throttled its
         spin-waits, and every step ran ~18% slower on 2 cores (measured, W workload)."""
+        use_intra_op_threads()
         try:
             built.append(LLMEngine(config, tokenizer))
         except BaseException as exc:  # handed to the constructor's caller
@@ -92,7 +91,8 @@ class AsyncLLMEngine:
 
     async def start(self) -> None:
         if self._thread is None:  # an engine built elsewhere (tests): step it on a new thread
-            self._thread = threading.Thread(target=self._run, name="engine-step", daemon=True)
+            self._thread = threading.Thread(target=self._run_pinned, name="engine-step",
+                                            daemon=True)
             self._thread.start()
         self._started.set()
 
@@ -178,6 +178,10 @@ class AsyncLLMEngine:
         self._wake.set()
 
     # ---- step thread --------------------------------------------------------------------
+    def _run_pinned(self) -> None:
+        use_intra_op_threads()
+        self._run()
+
     def _run(self) -> None:
         eng = self.engine
         while not self._stop.is_set():

@@ -7,11 +7,13 @@ import logging
 import signal
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from deltaserve.engine.protocol import EngineClient
+from deltaserve.engine.threads import single_threaded
 from deltaserve.server.adapters import AdapterResolver, DirectoryAdapterResolver, StoreResolver
 from deltaserve.server.auth import DEFAULT_TENANT, ApiKeyAuth
 from deltaserve.server.engine_factory import build_engine
@@ -145,6 +147,10 @@ async def wait_for_in_flight(state: ServerState, timeout_s: float) -> bool:
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: ServerState = app.state.server
     state.loop = asyncio.get_running_loop()
+    # asyncio.to_thread work (adapter validation, staging, mixing) runs torch single-threaded:
+    # only the step thread may run parallel torch ops (deltaserve/engine/threads.py).
+    state.loop.set_default_executor(ThreadPoolExecutor(thread_name_prefix="deltaserve-worker",
+                                                       initializer=single_threaded))
     if state.store is not None:
         await state.store.start(state.settings.adapter_dir)
     if state.engine is None:

@@ -12,11 +12,13 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 
 from deltaserve.engine.grammar import Grammar, GrammarError, GrammarSpec
+from deltaserve.engine.threads import single_threaded
 from deltaserve.server.errors import BadRequestError
 from deltaserve.server.protocol import SamplingFields
 from deltaserve.server.state import ServerState
 
-_COMPILERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="grammar-compile")
+_COMPILERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="grammar-compile",
+                                initializer=single_threaded)
 """Compiles off the event loop; two workers bound the CPU a burst of new schemas can take."""
 
 

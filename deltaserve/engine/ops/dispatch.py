@@ -53,8 +53,10 @@ def lora_apply(x: torch.Tensor, y: torch.Tensor, gw: _GroupWeights, rows: LoRARo
 
         lora_grouped_triton(x, y, gw, rows)
     elif rows.segments is not None and lora_cpu.supports(x, rows.max_rows):
-        lora_cpu.lora_segments(x.contiguous(), y, gw.a, [s.b for s in gw.subs],
-                               [s.out_offset for s in gw.subs], gw.rank, *rows.segments)
+        if gw.kernel is None:  # once per stack: the stack's weights never change
+            gw.kernel = lora_cpu.KernelWeights.build(
+                gw.a, [s.b for s in gw.subs], [s.out_offset for s in gw.subs], gw.rank)
+        lora_cpu.lora_segments(x.contiguous(), y, gw.kernel, *rows.segments)
     else:
         lora_grouped(x, y, gw, rows)
 

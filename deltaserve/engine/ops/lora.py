@@ -11,7 +11,7 @@ them once per row (a per-row gather) would multiply the memory traffic by the ro
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -43,6 +43,8 @@ class _GroupWeights:
     rank: int
     subs: list[_SubWeights]
     covers_all: bool  # every module of the fused group is targeted by some adapter
+    kernel: object | None = field(default=None, compare=False, repr=False)
+    """The same weights prepared for the CPU kernel (ops/dispatch.py fills it on first use)."""
 
 
 class LoRAStack:

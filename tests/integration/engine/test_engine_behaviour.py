@@ -218,3 +218,42 @@ def test_async_engine_loads_the_model_on_its_step_thread(llama_dir, tmp_path):
     assert eng._thread is not threading.current_thread()
     asyncio.run(eng.shutdown())
     assert eng._thread is None
+
+
+def test_only_the_step_thread_runs_parallel_torch(llama_dir, llama_loras, monkeypatch):
+    """A helper thread that set torch's process-wide count to 1 first (as the server's
+    validation threads do before the engine starts) does not slow the step thread down; the
+    adapter loads run single-threaded."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    from deltaserve.engine import threads
+    from deltaserve.engine.adapters.pool import AdapterPool
+    from deltaserve.engine.llm_engine import LLMEngine
+
+    steps, loads = [], []
+    step, acquire = LLMEngine.step, AdapterPool.acquire
+    monkeypatch.setattr(LLMEngine, "step",
+                        lambda self: (steps.append(torch.get_num_threads()), step(self))[1])
+    monkeypatch.setattr(AdapterPool, "acquire",
+                        lambda self, a: (loads.append(torch.get_num_threads()), acquire(self, a))[1])
+    before = torch.get_num_threads()
+    try:
+        with ThreadPoolExecutor(1, initializer=threads.single_threaded) as helper:
+            helper.submit(torch.get_num_threads).result()
+
+        async def main():
+            eng = await _started_async_engine(llama_dir[0])
+            try:
+                params = SamplingParams(max_tokens=3, temperature=0, ignore_eos=True)
+                adapter = AdapterRequest("a", llama_loras["r4-all"][0])
+                [_ async for _ in eng.generate(PROMPTS[0], params, "t1", adapter)]
+            finally:
+                await eng.shutdown()
+
+        asyncio.run(main())
+    finally:
+        torch.set_num_threads(before)
+    assert steps and set(steps) == {threads.STARTUP_THREADS}
+    assert loads == [1]
