@@ -16,17 +16,11 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
-import logging
-import os
-import shutil
-import subprocess
-import tempfile
 from dataclasses import dataclass
 
 import torch
 
-logger = logging.getLogger(__name__)
+from deltaserve.engine.ops import cpu_build
 
 MAX_ROWS_PER_ADAPTER = 16
 """Above this the step is a prefill: compute-bound, where oneDNN's GEMMs win."""
@@ -183,25 +177,8 @@ _ARGTYPES = [_P, _P, _P, _P, _P, _P, ctypes.c_int, ctypes.c_int, ctypes.c_int64,
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
-    """Compile (once per process) and load the kernel; None where that is not possible."""
-    tag = hashlib.sha256(_SRC.encode()).hexdigest()[:12]
-    out_dir = tempfile.mkdtemp(prefix="deltaserve-kernels-")
-    src, lib = os.path.join(out_dir, f"lora_{tag}.c"), os.path.join(out_dir, f"lora_{tag}.so")
-    with open(src, "w") as f:
-        f.write(_SRC)
-    cmd = ["cc", "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", src, "-o", lib]
-    try:
-        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
-        dll = ctypes.CDLL(lib)
-    except (OSError, subprocess.SubprocessError) as exc:
-        logger.warning("CPU LoRA kernel unavailable (%s); using the PyTorch path", exc)
-        return None
-    finally:
-        shutil.rmtree(out_dir, ignore_errors=True)  # a loaded library stays mapped
-    for name in _FUNCS.values():
-        getattr(dll, name).argtypes = _ARGTYPES
-        getattr(dll, name).restype = None
-    return dll
+    """The compiled kernel (built once per process); None where no compiler works."""
+    return cpu_build.build("lora", _SRC, {name: _ARGTYPES for name in _FUNCS.values()})
 
 
 def available() -> bool:
