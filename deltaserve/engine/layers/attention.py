@@ -1,8 +1,9 @@
 """Paged attention: write this step's K/V into the block cache, attend over the cache.
 
-This is the plain-PyTorch path (CPU, and the oracle for any GPU kernel): queries are padded
-per sequence, keys/values gathered from the paged cache by an index tensor, and
-scaled_dot_product_attention runs once for the whole batch — no loop over sequences.
+This is the plain-PyTorch path (the oracle for any kernel): queries are padded per sequence,
+keys/values gathered from the paged cache by an index tensor, and scaled_dot_product_attention
+runs once for the whole batch — no loop over sequences. On CPU, decode steps go to a compiled
+kernel that reads the cache in place (ops/attention_cpu.py).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from deltaserve.engine.ops import attention_cpu
 
 
 @dataclass
@@ -31,6 +34,9 @@ class AttentionMeta:
     """[B, Lq] long into the packed tokens; padding points at row T (a zero row)."""
     out_index: torch.Tensor | None = None
     """[T] long: where each packed token sits in the flattened [B * Lq] padded output."""
+    key_ranges: torch.Tensor | None = None
+    """[B, 2] long, decode-only steps: the keys [lo, hi) each sequence attends to (its
+    context, cut to the sliding window)."""
 
 
 def paged_attention(
@@ -50,6 +56,10 @@ def paged_attention(
     """
     k_cache.index_copy_(1, meta.slot_mapping, k.transpose(0, 1))
     v_cache.index_copy_(1, meta.slot_mapping, v.transpose(0, 1))
+    if meta.decode_only and meta.key_ranges is not None and attention_cpu.supports(q, k_cache):
+        # reads the cache in place (ops/attention_cpu.py); the path below is its oracle
+        return attention_cpu.decode_attention(q, k_cache, v_cache, meta.block_tables,
+                                              meta.block_size, meta.key_ranges)
     hkv, _, head_dim = k_cache.shape
     bsz, nb = meta.block_tables.shape
     flat = meta.block_tables.view(-1)
