@@ -84,11 +84,11 @@ def _attention_meta(starts, q_lens, ctx_lens, tables, q_rows, slots, bs: int,
         mask=mask.unsqueeze(1).to(dev),
         decode_only=decode_only,
     )
-    if decode_only:
+    if decode_only and dev.type == "cpu":  # for the CPU decode kernel (ops/attention_cpu.py)
         hi = torch.tensor(ctx_lens, dtype=torch.long)
         lo = (hi - sliding_window).clamp_(min=0) if sliding_window else torch.zeros_like(hi)
-        meta.key_ranges = torch.stack([lo, hi], dim=1).to(dev)
-    else:
+        meta.key_ranges = torch.stack([lo, hi], dim=1)
+    elif not decode_only:
         q_index = torch.full((bsz, lq), total, dtype=torch.long)
         out_index = torch.empty(total, dtype=torch.long)
         for b, rows in enumerate(q_rows):

@@ -35,7 +35,7 @@ class AttentionMeta:
     out_index: torch.Tensor | None = None
     """[T] long: where each packed token sits in the flattened [B * Lq] padded output."""
     key_ranges: torch.Tensor | None = None
-    """[B, 2] long, decode-only steps: the keys [lo, hi) each sequence attends to (its
+    """[B, 2] long, decode-only steps on CPU: the keys [lo, hi) each sequence attends to (its
     context, cut to the sliding window)."""
 
 
