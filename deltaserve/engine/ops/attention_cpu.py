@@ -22,16 +22,7 @@ import torch
 from deltaserve.engine.ops import cpu_build
 
 _SRC = r"""
-#include <stdint.h>
 #include <omp.h>
-typedef uint16_t bf16;
-static inline float bf2f(bf16 v) { union { uint32_t u; float f; } c; c.u = (uint32_t)v << 16; return c.f; }
-static inline bf16 f2bf(float f) {  /* round to nearest even; NaN stays NaN */
-    union { uint32_t u; float f; } c; c.f = f;
-    if ((c.u & 0x7fffffffu) > 0x7f800000u) return (bf16)((c.u >> 16) | 0x40);
-    return (bf16)((c.u + 0x7fffu + ((c.u >> 16) & 1u)) >> 16);
-}
-static inline float f2f(float v) { return v; }
 
 /* exp(x) for x <= 0 (scores minus their maximum), vectorisable (libm's expf is not without
    -ffast-math, which would change the whole process's float mode): 2^n * p(r), r in

@@ -17,10 +17,25 @@ import tempfile
 
 logger = logging.getLogger(__name__)
 
+PRELUDE = r"""
+#include <stdint.h>
+typedef uint16_t bf16;
+static inline float bf2f(bf16 v) { union { uint32_t u; float f; } c; c.u = (uint32_t)v << 16; return c.f; }
+static inline bf16 f2bf(float f) {  /* round to nearest even; NaN stays NaN */
+    union { uint32_t u; float f; } c; c.f = f;
+    if ((c.u & 0x7fffffffu) > 0x7f800000u) return (bf16)((c.u >> 16) | 0x40);
+    return (bf16)((c.u + 0x7fffu + ((c.u >> 16) & 1u)) >> 16);
+}
+static inline float f2f(float v) { return v; }
+"""
+"""Put before every kernel's source: bf16 <-> float32 (bf2f, f2bf, and f2f for float kernels
+written once for both dtypes by macros)."""
+
 
 def build(name: str, source: str, functions: dict[str, list]) -> ctypes.CDLL | None:
-    """Compile `source`, load it and set each function's argtypes (restype void); None where
-    no compiler works (the caller keeps its PyTorch path)."""
+    """Compile PRELUDE + `source`, load it and set each function's argtypes (restype void);
+    None where no compiler works (the caller keeps its PyTorch path)."""
+    source = PRELUDE + source
     tag = hashlib.sha256(source.encode()).hexdigest()[:12]
     out_dir = tempfile.mkdtemp(prefix="deltaserve-kernels-")
     src = os.path.join(out_dir, f"{name}_{tag}.c")

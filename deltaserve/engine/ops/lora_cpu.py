@@ -26,15 +26,6 @@ MAX_ROWS_PER_ADAPTER = 16
 """Above this the step is a prefill: compute-bound, where oneDNN's GEMMs win."""
 
 _SRC = r"""
-#include <stdint.h>
-typedef uint16_t bf16;
-static inline float bf2f(bf16 v) { union { uint32_t u; float f; } c; c.u = (uint32_t)v << 16; return c.f; }
-static inline bf16 f2bf(float f) {  /* round to nearest even; NaN stays NaN */
-    union { uint32_t u; float f; } c; c.f = f;
-    if ((c.u & 0x7fffffffu) > 0x7f800000u) return (bf16)((c.u >> 16) | 0x40);
-    return (bf16)((c.u + 0x7fffu + ((c.u >> 16) & 1u)) >> 16);
-}
-static inline float f2f(float v) { return v; }
 
 /* dot4(xr, a0..a3, d_in, out): four dot products of x's row with four A rows. */
 #if defined(__AVX512BF16__)
