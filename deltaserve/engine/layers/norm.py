@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from deltaserve.engine.ops import norm_cpu
+
 
 class RMSNorm(torch.nn.Module):
     def __init__(self, hidden: int, eps: float):
@@ -12,6 +14,12 @@ class RMSNorm(torch.nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if norm_cpu.supports(x, self.weight):  # one pass instead of eight ops (ops/norm_cpu.py)
+            return norm_cpu.rms_norm(x, self.weight, self.eps)
+        return self.reference(x)
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        """The PyTorch form, and the CPU kernel's oracle."""
         dtype = x.dtype
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
