@@ -9,6 +9,7 @@ from deltaserve.engine.adapters.batch import AdapterBatch
 from deltaserve.engine.adapters.lora import LoRAAdapter
 from deltaserve.engine.adapters.pool import AdapterPool
 from deltaserve.engine.adapters.sparse_delta import SparseDeltaAdapter
+from deltaserve.engine.adapters.stack_cache import StackCache
 from deltaserve.engine.config import ModelConfig
 from deltaserve.engine.grammar import apply_bitmask
 from deltaserve.engine.inputs import StepInputs, build_inputs
@@ -40,10 +41,8 @@ class ModelRunner:
         self.block_size = block_size
         self.device = device
         self.dtype = dtype
-        self._stack: LoRAStack | None = None
-        self._stack_keys: list[str] = []
-        self._delta_stack: SparseDeltaStack | None = None
-        self._delta_keys: list[str] = []
+        self._loras: StackCache[LoRAStack] = StackCache(pool, self._lora_stack)
+        self._deltas: StackCache[SparseDeltaStack] = StackCache(pool, self._delta_stack)
         self.proxy: ProxyRunner | None = None
         """Runs proxy-tuning small models and combines their logits (set by the engine)."""
 
@@ -83,8 +82,9 @@ class ModelRunner:
         # proxy keys are neither: their rows run the base model plainly (see proxy_runner.py)
         delta_keys = [k for k in keys if isinstance(self.pool.peek(k), SparseDeltaAdapter)]
         lora_keys = [k for k in keys if isinstance(self.pool.peek(k), LoRAAdapter)]
-        stack_keys = self._stack_for(lora_keys, protected | set(delta_keys)) if lora_keys else []
-        dkeys = (self._delta_stack_for(delta_keys, protected | set(stack_keys))
+        stack_keys = (self._loras.covering(lora_keys, protected | set(delta_keys))
+                      if lora_keys else [])
+        dkeys = (self._deltas.covering(delta_keys, protected | set(stack_keys))
                  if delta_keys else [])
         lora_slot = {k: i for i, k in enumerate(stack_keys)}
         delta_slot = {k: i for i, k in enumerate(dkeys)}
@@ -102,62 +102,21 @@ class ModelRunner:
             delta_row_slots.extend([delta_slot.get(key, -1)] * n)
         batch = AdapterBatch()
         if lora_keys:
-            batch.lora_stack = self._stack
+            batch.lora_stack = self._loras.stack
             batch.lora_rows = LoRARows.build(lora_row_slots, n_l, self.device, self.dtype)
         if delta_keys:
-            batch.delta_stack = self._delta_stack
+            batch.delta_stack = self._deltas.stack
             batch.delta_rows = DeltaRows.build(delta_row_slots, n_d, self.device, self.dtype)
         return batch
 
-    def _delta_stack_for(self, keys: list[str], protected: set[str]) -> list[str]:
-        """Stacked sparse deltas covering `keys`: reused while the step's deltas are a subset
-        of the stack and at least half of it, else rebuilt (deltas change rarely per step)."""
-        cached, wanted = set(self._delta_keys), set(keys)
-        if self._delta_stack is not None and wanted <= cached and len(cached) <= 2 * len(wanted):
-            return self._delta_keys
-        order = sorted(keys)
-        self._delta_stack = None  # free the old stack first
-        deltas = self.pool.on_device(order, protected)
-        self._delta_stack = SparseDeltaStack(
-            [d.tensors for d in deltas], self.model.in_sizes(), self.model.out_sizes(),
-            self.cfg.num_hidden_layers, self.device, self.dtype,
-        )
-        self._delta_keys = order
-        return order
+    def _lora_stack(self, adapters: list[LoRAAdapter]) -> LoRAStack:
+        return LoRAStack([a.tensors for a in adapters], self.model.out_sizes(),
+                         self.cfg.num_hidden_layers, self.device, self.dtype)
 
-    def _stack_for(self, keys: list[str], protected: set[str]) -> list[str]:
-        """Stacked weights covering `keys`, reused across steps.
-
-        While the step's adapters are a subset of the stack (decode steps of a steady batch)
-        it is reused as is; adapters that join are appended (copying the stack once, not
-        restacking every adapter); it is rebuilt when most of its adapters have left.
-        """
-        cached = set(self._stack_keys)
-        wanted = set(keys)
-        # Appending keeps the stack's departed adapters resident: only while the union fits
-        # the pool's byte budget (the scheduler budgets the running adapters alone).
-        union_fits = sum(map(self.pool.device_bytes, cached | wanted)) <= \
-            self.pool.device_budget_bytes
-        if self._stack is not None and len(cached | wanted) <= 2 * len(wanted) and union_fits:
-            if wanted <= cached:
-                return self._stack_keys
-            new = sorted(wanted - cached)
-            grown = self._stack.extended(self._build_stack(new, protected | cached))
-            if grown is not None:
-                self._stack, self._stack_keys = grown, self._stack_keys + new
-                return self._stack_keys
-        order = sorted(keys)
-        self._stack, self._stack_keys = None, []  # free the old stack before building anew
-        self._stack = self._build_stack(order, protected)
-        self._stack_keys = order
-        return order
-
-    def _build_stack(self, keys: list[str], protected: set[str]) -> LoRAStack:
-        adapters = self.pool.on_device(keys, protected)
-        return LoRAStack(
-            [a.tensors for a in adapters], self.model.out_sizes(), self.cfg.num_hidden_layers,
-            self.device, self.dtype,
-        )
+    def _delta_stack(self, deltas: list[SparseDeltaAdapter]) -> SparseDeltaStack:
+        return SparseDeltaStack([d.tensors for d in deltas], self.model.in_sizes(),
+                                self.model.out_sizes(), self.cfg.num_hidden_layers, self.device,
+                                self.dtype)
 
     # ---- sampling -----------------------------------------------------------------------
     def sampling_tensors(self, seqs: list[Sequence], vocab: int) -> SamplingTensors:

@@ -30,7 +30,7 @@ _KEY = re.compile(
 
 @dataclass
 class SparseDeltaAdapter:
-    """A loaded delta: per (layer, module) flat indices [nnz] (long) and values [nnz]."""
+    """A loaded delta: per (layer, module) flat indices [nnz] (long, ascending) and values [nnz]."""
 
     name: str
     tensors: DeltaTensors
@@ -123,8 +123,11 @@ def _check_part(layer, module, p, in_sizes, out_sizes, num_layers) -> tuple[torc
     idx = idx.long()
     if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= size):
         raise AdapterError(f"{where}: indices out of range [0, {size})")
-    if torch.unique(idx).numel() != idx.numel():
+    # Ascending order is the canonical form the stacking relies on (ops/sparse_delta.py).
+    idx, order = torch.sort(idx)
+    if bool((idx[1:] == idx[:-1]).any()):
         raise AdapterError(f"{where}: duplicate indices")
+    val = val[order]
     if not torch.isfinite(val).all():
         raise AdapterError(f"{where}: values contain NaN or Inf")
     return idx.contiguous(), val.float().contiguous()

@@ -12,6 +12,7 @@ from deltaserve.engine.ops.sparse_delta import (
     DeltaRows,
     DeltaTensors,
     SparseDeltaStack,
+    delta_dense,
     sparse_delta_grouped,
     sparse_delta_reference,
 )
@@ -33,7 +34,7 @@ def _delta(seed: int, density: float) -> DeltaTensors:
     out: DeltaTensors = {}
     for layer, m in rng.sample(mods, rng.randint(1, len(mods))):
         size = IN[m] * OUT[m]
-        idx = torch.randperm(size, generator=g)[: max(1, int(density * size))]
+        idx = torch.randperm(size, generator=g)[: max(1, int(density * size))].sort().values
         out[(layer, m)] = (idx, torch.randn(idx.numel(), generator=g))
     return out
 
@@ -93,3 +94,23 @@ def test_bf16_compute_runs_in_float32_on_cpu() -> None:
     sparse_delta_grouped(x, y, gs, rows)
     torch.testing.assert_close(y.float(), want, atol=0.1, rtol=0.02)
     assert y[1].abs().sum() == 0  # the base row got nothing
+
+
+def test_stack_matches_the_dense_deltas() -> None:
+    """Block i of the stacked CSR is delta i densified, modules at their fused offsets."""
+    deltas = [_delta(300 + i, 0.2) for i in range(3)]
+    stack = SparseDeltaStack(deltas, IN, OUT, LAYERS, CPU, torch.float32)
+    for (layer, group), g in stack.groups.items():
+        dense = g.s.to_dense()
+        for i, d in enumerate(deltas):
+            block = dense[i * g.d_out:(i + 1) * g.d_out, i * g.d_in:(i + 1) * g.d_in]
+            want, offset = torch.zeros_like(block), 0
+            for m in GROUPS[group]:
+                if (layer, m) in d:
+                    want[offset:offset + OUT[m]] = delta_dense(*d[(layer, m)], OUT[m], IN[m])
+                offset += OUT[m]
+            torch.testing.assert_close(block, want)
+        off_diagonal = dense.clone()
+        for i in range(3):
+            off_diagonal[i * g.d_out:(i + 1) * g.d_out, i * g.d_in:(i + 1) * g.d_in] = 0
+        assert off_diagonal.count_nonzero() == 0
