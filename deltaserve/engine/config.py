@@ -11,6 +11,8 @@ import torch
 from deltaserve.engine.hardware import auto_dtype
 
 SUPPORTED_ARCHS = {"llama", "mistral", "qwen2"}
+CHUNKED_BUDGET = {"cpu": 512, "cuda": 2048}
+"""Default step token budget with chunked prefill, per device type (EngineConfig)."""
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -128,7 +130,20 @@ class EngineConfig:
     max_num_seqs: int = 64
     """Most sequences in one step (decode batch size)."""
     max_num_batched_tokens: int | None = None
-    """Token budget per step (prefill + decode). Default: max(2048, max_model_len)."""
+    """Token budget per step (decode tokens + prompt tokens). Default with chunked prefill:
+    CHUNKED_BUDGET for the device (CPU 512: a 512-token chunk costs a W-sized model about as
+    much as four decode steps, so running streams slow down without stalling; CUDA 2048);
+    without it max(2048, max_model_len), since a whole prompt must fit one step. At least
+    max_num_seqs either way."""
+    enable_chunked_prefill: bool = True
+    """Fill each step decode-first, then with chunks of waiting or partially computed prompts
+    (vLLM v1's schedule). Off: prompts run whole in prefill steps of their own (or mixed into
+    decode steps, mixed_prefill_decode)."""
+    enable_prefix_caching: bool = True
+    """Reuse the KV blocks of prompt prefixes already computed (prefix_cache.py)."""
+    prefix_cache_scope: str = "global"
+    """global | tenant. Adapter rows are always keyed by their tenant; with `tenant`, base
+    rows too, so tenants never share cached K/V (no cross-tenant timing signal)."""
     max_model_len: int | None = None
     """Context length (prompt + generated). Default: the model's max_position_embeddings."""
     block_size: int = 16
@@ -159,8 +174,8 @@ class EngineConfig:
     max_waiting: int = 1024
     """Waiting-queue cap; further requests are refused with QueueFullError."""
     mixed_prefill_decode: bool = False
-    """Put prefills and decodes in the same step (True) or give waiting prefills their own
-    step first (False, the default: measured faster on CPU, see benchmarks/README.md)."""
+    """Without chunked prefill: put prefills and decodes in the same step (True) or give
+    waiting prefills their own step first (False)."""
     queue_policy: str = "fcfs"
     """fcfs | vtc: admission order of waiting requests. vtc is the Virtual Token Counter fair
     queue over tenants (Sheng et al., OSDI 2024; FCFS within a tenant)."""
@@ -187,3 +202,24 @@ class EngineConfig:
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("device 'cuda' requested but CUDA is not available")
         return torch.device(self.device)
+
+    def step_token_budget(self, device: torch.device, max_model_len: int) -> int:
+        """max_num_batched_tokens, resolved and checked against the other limits."""
+        if self.prefix_cache_scope not in ("global", "tenant"):
+            raise ValueError(f"prefix_cache_scope must be global|tenant, got {self.prefix_cache_scope!r}")
+        if self.enable_chunked_prefill:
+            default = max(CHUNKED_BUDGET.get(device.type, 2048), self.max_num_seqs)
+            budget = self.max_num_batched_tokens or default
+            if budget < self.max_num_seqs:
+                raise ValueError(f"max_num_batched_tokens ({budget}) must be at least "
+                                 f"max_num_seqs ({self.max_num_seqs}): every decode needs a token")
+            return budget
+        budget = self.max_num_batched_tokens or max(2048, max_model_len)
+        if budget < max_model_len or budget < self.max_num_seqs:
+            # Without chunked prefill a longer prompt could never be scheduled.
+            raise ValueError(
+                f"max_num_batched_tokens ({budget}) must be at least max_model_len "
+                f"({max_model_len}) and max_num_seqs ({self.max_num_seqs}) without chunked "
+                "prefill"
+            )
+        return budget

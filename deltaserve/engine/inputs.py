@@ -31,22 +31,26 @@ def build_inputs(
 ) -> StepInputs:
     """rows: (sequence, tokens to compute this step); tables: the block table of each row."""
     bs = block_size
-    ids, pos, slots, q_index_rows, last = [], [], [], [], []
-    starts, q_lens, ctx_lens = [], [], []
+    ids, pos, slots, last = [], [], [], []
+    starts, q_lens = [], []
     for (seq, n), bt in zip(rows, tables, strict=True):
         start = seq.num_computed_tokens
-        base = len(ids)
         ids.extend(seq.token_slice(start, start + n))
-        p = list(range(start, start + n))
+        p = range(start, start + n)
         pos.extend(p)
         slots.extend(bt[i // bs] * bs + i % bs for i in p)
-        q_index_rows.append(list(range(base, base + n)))
-        last.append(base + n - 1)
+        last.append(len(ids) - 1)
         starts.append(start)
         q_lens.append(n)
-        ctx_lens.append(start + n)
-    attn = _attention_meta(starts, q_lens, ctx_lens, tables, q_index_rows, slots, bs,
-                           sliding_window, device)
+    slot_t = torch.tensor(slots, dtype=torch.long, device=device)
+    decodes = [i for i, n in enumerate(q_lens) if n == 1]
+    if 0 < len(decodes) < len(rows):
+        # A chunked-prefill step: decode rows and prompt chunks attend separately, so the
+        # decodes keep their kernel and are not padded to the chunks' query length.
+        attn = _mixed_meta(starts, q_lens, tables, last, decodes, slot_t, bs, sliding_window,
+                           device)
+    else:
+        attn = _attention_meta(starts, q_lens, tables, slot_t, bs, sliding_window, device)
     return StepInputs(
         torch.tensor(ids, dtype=torch.long, device=device),
         torch.tensor(pos, dtype=torch.long, device=device),
@@ -55,10 +59,29 @@ def build_inputs(
     )
 
 
-def _attention_meta(starts, q_lens, ctx_lens, tables, q_rows, slots, bs: int,
+def _mixed_meta(starts, q_lens, tables, last, decodes, slots: torch.Tensor, bs: int,
+                sliding_window: int | None, dev: torch.device) -> AttentionMeta:
+    """Two sub-steps over the same packed tokens: the decode rows, and the others."""
+    chunks = [i for i in range(len(q_lens)) if q_lens[i] != 1]
+    parts = []
+    for sel in (decodes, chunks):
+        tokens = [t for i in sel for t in range(last[i] - q_lens[i] + 1, last[i] + 1)]
+        idx = torch.tensor(tokens, dtype=torch.long, device=dev)
+        sub = _attention_meta([starts[i] for i in sel], [q_lens[i] for i in sel],
+                              [tables[i] for i in sel], slots.index_select(0, idx), bs,
+                              sliding_window, dev)
+        parts.append((idx, sub))
+    return AttentionMeta(slot_mapping=slots, block_tables=None, block_size=bs, mask=None,
+                         decode_only=False, parts=parts)
+
+
+def _attention_meta(starts, q_lens, tables, slots: torch.Tensor, bs: int,
                     sliding_window: int | None, dev: torch.device) -> AttentionMeta:
+    """Rows' packed tokens are consecutive, in row order; row b has q_lens[b] queries at
+    positions starts[b] .. starts[b] + q_lens[b] - 1."""
     total = len(slots)
     bsz = len(starts)
+    ctx_lens = [s + n for s, n in zip(starts, q_lens, strict=True)]
     nb = -(-max(ctx_lens) // bs)
     bt = torch.zeros(bsz, nb, dtype=torch.long)
     for i, t in enumerate(tables):
@@ -78,7 +101,7 @@ def _attention_meta(starts, q_lens, ctx_lens, tables, q_rows, slots, bs: int,
     pad_q = qi.unsqueeze(0) >= q_len_t.unsqueeze(1)  # [B, Lq]
     mask[:, :, 0] |= pad_q  # padded query rows attend to one key (avoids NaN; discarded)
     meta = AttentionMeta(
-        slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
+        slot_mapping=slots,
         block_tables=bt.to(dev),
         block_size=bs,
         mask=mask.unsqueeze(1).to(dev),
@@ -91,8 +114,10 @@ def _attention_meta(starts, q_lens, ctx_lens, tables, q_rows, slots, bs: int,
     elif not decode_only:
         q_index = torch.full((bsz, lq), total, dtype=torch.long)
         out_index = torch.empty(total, dtype=torch.long)
-        for b, rows in enumerate(q_rows):
-            q_index[b, : len(rows)] = torch.tensor(rows)
-            out_index[rows[0] : rows[-1] + 1] = b * lq + torch.arange(len(rows))
+        base = 0
+        for b, n in enumerate(q_lens):
+            q_index[b, :n] = torch.arange(base, base + n)
+            out_index[base:base + n] = b * lq + torch.arange(n)
+            base += n
         meta.q_index, meta.out_index = q_index.to(dev), out_index.to(dev)
     return meta

@@ -14,7 +14,6 @@ from deltaserve.engine.adapters.pool import Adapter, AdapterPool
 from deltaserve.engine.adapters.proxy import SmallModels, load_proxy, read_tokenizer_vocab
 from deltaserve.engine.adapters.sparse_delta import load_sparse_delta
 from deltaserve.engine.config import EngineConfig, ModelConfig
-from deltaserve.engine.detokenizer import append_text, find_stop, flush_text
 from deltaserve.engine.fairness import make_policy
 from deltaserve.engine.grammar import GrammarCompiler, advance
 from deltaserve.engine.hardware import (
@@ -29,12 +28,14 @@ from deltaserve.engine.models.loader import load_model
 from deltaserve.engine.ops import lora_cpu
 from deltaserve.engine.ops.lora import tune_shrink
 from deltaserve.engine.outputs import CompletionOutput, RequestOutput, TokenLogprob
+from deltaserve.engine.prefix_cache import base_identity, root_key
 from deltaserve.engine.protocol import EngineStats
 from deltaserve.engine.proxy_runner import ProxyRunner
 from deltaserve.engine.request import Request, SeqStatus, Sequence
 from deltaserve.engine.sampler import SamplerOutput
 from deltaserve.engine.sampling_params import SamplingParams
 from deltaserve.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
+from deltaserve.engine.stopping import check_stop, stop
 from deltaserve.engine.tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -71,7 +72,9 @@ class LLMEngine:
             mc, read_tokenizer_vocab(config.model), self._proxy_budget, num_blocks,
             config.block_size, self.max_model_len, self.device, self.dtype,
         )
-        self.block_allocator = BlockAllocator(num_blocks, config.block_size)
+        self.block_allocator = BlockAllocator(num_blocks, config.block_size,
+                                              enable_caching=config.enable_prefix_caching)
+        self._base_id = base_identity(config.model) if config.enable_prefix_caching else ""
         self.kv_cache = KVCache(mc, num_blocks, config.block_size, self.device, self.dtype)
         self.pool = AdapterPool(
             self._load_adapter, self.device, self.dtype,
@@ -79,13 +82,7 @@ class LLMEngine:
             host_max_adapters=config.max_cpu_adapters,
             host_budget_bytes=config.adapter_host_bytes,
         )
-        budget = config.max_num_batched_tokens or max(2048, self.max_model_len)
-        if budget < self.max_model_len or budget < config.max_num_seqs:
-            # Without chunked prefill a longer prompt could never be scheduled.
-            raise ValueError(
-                f"max_num_batched_tokens ({budget}) must be at least max_model_len "
-                f"({self.max_model_len}) and max_num_seqs ({config.max_num_seqs})"
-            )
+        budget = config.step_token_budget(self.device, self.max_model_len)
         self.proxy_runner = ProxyRunner(self.pool.peek, config.block_size, self.device, self.dtype)
         self.scheduler = Scheduler(
             SchedulerConfig(
@@ -93,6 +90,7 @@ class LLMEngine:
                 max_loras=config.max_loras or config.max_num_seqs,
                 adapter_budget_bytes=self.pool.device_budget_bytes,
                 mixed_prefill_decode=config.mixed_prefill_decode,
+                enable_chunked_prefill=config.enable_chunked_prefill,
             ),
             self.block_allocator,
             adapter_bytes=self.pool.device_bytes,
@@ -110,9 +108,12 @@ class LLMEngine:
         self.steps_total = 0
         self.last_batch_size = 0
         self.last_batch_adapters = 0
-        logger.info("engine ready: %s on %s (%s), %d KV blocks of %d tokens, max_model_len %d",
+        logger.info("engine ready: %s on %s (%s), %d KV blocks of %d tokens, max_model_len %d, "
+                    "step budget %d tokens, chunked prefill %s, prefix caching %s",
                     config.model, self.device, self.dtype, num_blocks, config.block_size,
-                    self.max_model_len)
+                    self.max_model_len, budget, _on(config.enable_chunked_prefill),
+                    _on(config.enable_prefix_caching) + (f" ({config.prefix_cache_scope} scope)"
+                                                         if config.enable_prefix_caching else ""))
 
     # ---- setup --------------------------------------------------------------------------
     def _num_kv_blocks(self) -> int:
@@ -231,7 +232,12 @@ class LLMEngine:
         """Queue a request whose prompt was checked and whose adapter was acquired."""
         req = Request(request_id, list(prompt), params, max_tokens,
                       adapter_key=adapter.key if adapter else None,
-                      adapter_name=adapter.name if adapter else None, tenant=tenant)
+                      adapter_name=adapter.name if adapter else None, tenant=tenant,
+                      adapter_kind=adapter.kind if adapter else None)
+        if self.config.enable_prefix_caching:
+            req.cache_root = root_key(self._base_id, req.adapter_kind,
+                                      adapter.uid if adapter else None, tenant,
+                                      self.config.prefix_cache_scope)
         base_seed = params.seed if params.seed is not None else self._rng.getrandbits(32)
         for i in range(params.n):
             seq = Sequence(self._next_seq_id, req, i, seed=(base_seed + i * 0x9E3779B9) & 0xFFFFFFFF)
@@ -287,11 +293,17 @@ class LLMEngine:
         touched: dict[str, Request] = {}
         for req, scores in result.prompt_logprobs or ():
             req.prompt_logprobs = scores
-        for i, item in enumerate(sched.scheduled):
+        i = -1  # row of the sampler's output: only items that reached their last token
+        for item in sched.scheduled:
             seq = item.seq
+            sampled = item.samples
             seq.num_computed_tokens += item.num_new_tokens
+            self.scheduler.cache_computed(seq)
+            if not sampled:  # a prompt chunk: nothing to emit yet
+                continue
+            i += 1
             if seq.request.max_tokens == 0:  # scoring only: the prefill was the work
-                self._stop(seq, "length", None)
+                stop(seq, self.tokenizer, "length", None)
                 self.scheduler.finish(seq)
                 touched[seq.request.request_id] = seq.request
                 continue
@@ -303,9 +315,9 @@ class LLMEngine:
             if seq.request.metrics.first_token_time is None:
                 seq.request.metrics.first_token_time = now
             grammar_done = advance(seq, token_ids[i])
-            self._check_stop(seq)
+            check_stop(seq, self.tokenizer, self.eos_token_ids, self.max_model_len)
             if grammar_done and not seq.finished:
-                self._stop(seq, "stop", None)
+                stop(seq, self.tokenizer, "stop", None)
             if seq.finished:
                 self.scheduler.finish(seq)
             touched[seq.request.request_id] = seq.request
@@ -316,30 +328,6 @@ class LLMEngine:
             elif req.params.output_kind == "cumulative":
                 outputs.append(self._output(req))
         return outputs
-
-    def _check_stop(self, seq: Sequence) -> None:
-        p, tok = seq.params, seq.output_token_ids[-1]
-        new = append_text(self.tokenizer, seq)
-        n_out = len(seq.output_token_ids)
-        if n_out >= p.min_tokens:
-            if tok in p.stop_token_ids:
-                return self._stop(seq, "stop", tok)
-            if not p.ignore_eos and tok in self.eos_token_ids:
-                return self._stop(seq, "stop", None)
-            if p.stop and new:
-                hit = find_stop(seq.text, len(new), p.stop)
-                if hit is not None:
-                    idx, s = hit
-                    seq.text = seq.text[: idx + len(s)] if p.include_stop_str_in_output else seq.text[:idx]
-                    return self._stop(seq, "stop", s)
-        if n_out >= seq.request.max_tokens or seq.num_tokens >= self.max_model_len:
-            self._stop(seq, "length", None)
-
-    def _stop(self, seq: Sequence, reason: str, stop_reason) -> None:
-        if not isinstance(stop_reason, str):  # a stop string already cut the text
-            flush_text(self.tokenizer, seq)
-        seq.finish_reason, seq.stop_reason = reason, stop_reason
-        seq.status = SeqStatus.FINISHED
 
     def _output(self, req: Request) -> RequestOutput:
         outs = [
@@ -352,7 +340,8 @@ class LLMEngine:
         ]
         return RequestOutput(req.request_id, req.prompt_token_ids, outs, req.finished,
                              req.metrics, adapter=req.adapter_name,
-                             prompt_logprobs=req.prompt_logprobs)
+                             prompt_logprobs=req.prompt_logprobs,
+                             num_cached_tokens=req.num_cached_tokens)
 
     # ---- conveniences -------------------------------------------------------------------
     def generate(
@@ -393,8 +382,14 @@ class LLMEngine:
             adapters_resident_bytes={"device": ps.device_bytes, "host": ps.host_bytes},
             adapter_cache_hits={"device": ps.device_hits, "host": ps.host_hits},
             adapter_cache_misses={"device": ps.device_misses, "host": ps.host_misses},
+            prefix_cache_queries=dict(self.scheduler.prefix_stats.queries),
+            prefix_cache_hits=dict(self.scheduler.prefix_stats.hits),
         )
 
     @staticmethod
     def _names(seqs: list[Sequence]) -> list[str]:
         return sorted({s.request.adapter_name for s in seqs if s.request.adapter_name})
+
+
+def _on(flag: bool) -> str:
+    return "on" if flag else "off"

@@ -47,6 +47,7 @@ class ModelRunner:
         """Runs proxy-tuning small models and combines their logits (set by the engine)."""
 
     def execute(self, sched: SchedulerOutput, protected: set[str]) -> SamplerOutput:
+        """Run one step; the output has a row for each scheduled item that samples, in order."""
         adapters = self._adapter_batch(sched, protected)  # also orders rows by adapter
         inputs = self.prepare(sched)
         index = inputs.logits_index
@@ -58,9 +59,12 @@ class ModelRunner:
         )
         b = len(sched.scheduled)
         logits, extra = logits[:b], logits[b:]
-        if self.proxy is not None:
+        if self.proxy is not None:  # its small models compute every row, chunks included
             logits = self.proxy.combine(sched.scheduled, logits)
-        seqs = [s.seq for s in sched.scheduled]
+        done = [i for i, it in enumerate(sched.scheduled) if it.samples]
+        if len(done) < b:  # prompt chunks that leave part of their prompt sample nothing
+            logits = logits.index_select(0, torch.tensor(done, device=logits.device))
+        seqs = [sched.scheduled[i].seq for i in done]
         apply_bitmask(logits, seqs)
         out = sample(logits, self.sampling_tensors(seqs, logits.shape[1]))
         if scoring is not None:

@@ -58,3 +58,5 @@ class RequestOutput:
     adapter: str | None = None
     prompt_logprobs: list[TokenLogprob | None] | None = None
     """Per prompt token (the first None) when params.prompt_logprobs was set."""
+    num_cached_tokens: int = 0
+    """Prompt tokens whose K/V came from the prefix cache (OpenAI's usage.cached_tokens)."""

@@ -1,11 +1,12 @@
 """Prompt logprobs: the model's distribution at every prompt position, for scoring prompts.
 
-A row is scored when its request asks (`params.prompt_logprobs`), has no scores yet, and this
-step computes its whole prompt from position 0 (its first prefill; one sample per request is
-enough, the n samples share the prompt). The forward's `logits_index` is widened with that
-row's packed positions 0..P-2 (position j predicts prompt token j+1), so one forward serves
-both sampling and scoring; steps without such rows run exactly as before. Proxy rows are
-scored on the combined (proxy-tuned) distribution.
+A request that asks (`params.prompt_logprobs`) is scored by its first sample (index 0), which
+computes its prompt from position 0 (the scheduler gives it no prefix-cache hit), in one
+prefill or in chunks (chunked prefill): each step's `logits_index` is widened with the packed
+rows of that step's prompt positions (position j predicts prompt token j+1), so one forward
+serves both sampling and scoring, and the chunks' scores add up on the request until the last
+one completes them. Steps without such rows run exactly as before. Proxy rows are scored on
+the combined (proxy-tuned) distribution.
 """
 
 from __future__ import annotations
@@ -31,21 +32,19 @@ class PromptPlan:
     spans: list[tuple[int, int]]
     """(start, length) of each item's prompt logits within the extra logits rows."""
     index: torch.Tensor
-    """[M] packed token rows (all items' positions 0..P-2) appended to the logits index."""
+    """[M] packed token rows (each item's scored positions) appended to the logits index."""
 
 
 def plan(items: list[ScheduledSeq], device: torch.device) -> PromptPlan | None:
-    """The rows of this step to score (items in packed order, as build_inputs packs them)."""
+    """The rows of this step to score (items in packed order, as build_inputs packs them):
+    a chunk [s, s + n) of a P-token prompt scores positions s .. min(s + n, P - 1) - 1."""
     chosen, spans, index = [], [], []
-    seen: set[int] = set()
     base = 0
     for it in items:
         seq = it.seq
-        req = seq.request
-        if (seq.params.prompt_logprobs is not None and req.prompt_logprobs is None
-                and seq.num_computed_tokens == 0 and id(req) not in seen):
-            seen.add(id(req))
-            n = len(req.prompt_token_ids) - 1
+        start, n_prompt = seq.num_computed_tokens, len(seq.prompt_token_ids)
+        if seq.scores_prompt and start < n_prompt:
+            n = max(0, min(start + it.num_new_tokens, n_prompt - 1) - start)
             chosen.append(it)
             spans.append((len(index), n))
             index.extend(range(base, base + n))
@@ -57,18 +56,23 @@ def plan(items: list[ScheduledSeq], device: torch.device) -> PromptPlan | None:
 
 def score(p: PromptPlan, logits: torch.Tensor,
           combine: Combine | None) -> list[tuple[Request, list[TokenLogprob | None]]]:
-    """logits: [M, V] at p.index; returns each scored request's per-prompt-token logprobs."""
+    """logits: [M, V] at p.index. Adds each item's chunk scores to its request; returns the
+    requests whose prompt is now fully scored, with their per-prompt-token logprobs."""
     results = []
     for it, (start, n) in zip(p.items, p.spans, strict=True):
         req = it.seq.request
-        if n == 0:
-            results.append((req, [None]))
-            continue
-        lg = logits[start:start + n]
-        if combine is not None:
-            lg = combine(it, lg)
-        results.append((req, [None, *_token_logprobs(lg, req.prompt_token_ids[1:],
-                                                     req.params.prompt_logprobs or 0)]))
+        if it.seq.num_computed_tokens == 0:  # first chunk (again, after a preemption)
+            req.partial_prompt_logprobs = []
+        if n:
+            lg = logits[start:start + n]
+            if combine is not None:
+                lg = combine(it, lg)
+            first = it.seq.num_computed_tokens + 1
+            targets = req.prompt_token_ids[first:first + n]
+            req.partial_prompt_logprobs += _token_logprobs(lg, targets, req.params.prompt_logprobs or 0)
+        if it.seq.num_computed_tokens + it.num_new_tokens >= len(req.prompt_token_ids):
+            results.append((req, [None, *req.partial_prompt_logprobs]))
+            req.partial_prompt_logprobs = []
     return results
 
 

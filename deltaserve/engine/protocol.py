@@ -41,6 +41,10 @@ class EngineStats:
     """Cumulative lookups served by each tier ('device', 'host')."""
     adapter_cache_misses: dict[str, int] = field(default_factory=dict)
     """Cumulative lookups each tier could not serve."""
+    prefix_cache_queries: dict[str, int] = field(default_factory=dict)
+    """Cumulative prompt tokens looked up in the prefix cache, per adapter kind ('base', ...)."""
+    prefix_cache_hits: dict[str, int] = field(default_factory=dict)
+    """Cumulative prompt tokens found there, per adapter kind."""
 
 
 class EngineClient(Protocol):

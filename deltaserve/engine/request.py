@@ -31,6 +31,10 @@ class Sequence:
     block_table: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0
     """Tokens whose K/V are in the cache."""
+    block_hashes: list[bytes] = field(default_factory=list)
+    """Content hash of each full block of token_ids() so far (prefix_cache.extend_hashes)."""
+    num_registered_blocks: int = 0
+    """Leading blocks of block_table already registered in the prefix cache."""
     status: SeqStatus = SeqStatus.WAITING
     finish_reason: str | None = None
     stop_reason: str | int | None = None
@@ -61,6 +65,13 @@ class Sequence:
     def finished(self) -> bool:
         return self.status is SeqStatus.FINISHED
 
+    @property
+    def scores_prompt(self) -> bool:
+        """Whether this is the sample that computes its request's prompt logprobs (it needs
+        every prompt position's logits: no prefix-cache hit for it)."""
+        return (self.params.prompt_logprobs is not None and self.request.prompt_logprobs is None
+                and self.index == 0)
+
     def token_ids(self) -> list[int]:
         return self.request.prompt_token_ids + self.output_token_ids
 
@@ -87,8 +98,16 @@ class Request:
     metrics: RequestMetrics = field(default_factory=lambda: RequestMetrics(time.monotonic()))
     tenant: str | None = None
     """Owner, for per-tenant fairness policies."""
+    adapter_kind: str | None = None
+    """Kind of the adapter (None: base rows), for per-kind prefix-cache metrics."""
+    cache_root: bytes | None = None
+    """Root of the block hashes (prefix_cache.root_key); None: this request is not cached."""
+    num_cached_tokens: int = 0
+    """Prompt tokens of its first sample found in the prefix cache (usage.cached_tokens)."""
     prompt_logprobs: list[TokenLogprob | None] | None = None
     """One entry per prompt token (the first None), once computed (params.prompt_logprobs)."""
+    partial_prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
+    """Scores of the prompt chunks computed so far (prompt_logprobs.py), until complete."""
 
     @property
     def finished(self) -> bool:

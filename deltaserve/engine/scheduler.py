@@ -1,12 +1,19 @@
 """Continuous-batching scheduler: CPU-only bookkeeping that returns plain data.
 
-Each step either admits waiting sequences as a prefill step, or decodes every running sequence
-one token (or both in one step, in mixed mode). Invariants kept between steps:
+With chunked prefill (the default) a step is filled decode-first, as vLLM v1 does: one token
+for every decoding sequence, then chunks of partially prefilled prompts, then newly admitted
+ones, up to the token budget; a prompt longer than the budget is computed over several steps
+and samples nothing until its last chunk. Without it, each step either admits waiting
+sequences as a prefill step (whole prompts), or decodes every running sequence one token (or
+both in one step, in mixed mode). On admission, the longest prefix of full blocks already in
+the prefix cache (kv_cache.py) is shared instead of computed.
+Invariants kept between steps:
 - the running set never holds more than `max_num_seqs` sequences or more than `max_loras`
   distinct adapters, and its adapters fit the device adapter budget;
-- a running sequence owns the KV blocks for all its computed tokens; when a decode step
-  cannot get a block, the most recently admitted sequence is preempted (its blocks freed, it is
-  put back at the head of the queue and later recomputed) — nothing is lost or corrupted.
+- a running sequence owns (or shares) the KV blocks for all its computed tokens; when a
+  sequence cannot get a block, the most recently admitted sequence is preempted (its blocks
+  freed, it is put back at the head of the queue and later recomputed, from whatever of its
+  prefix is still cached) — nothing is lost or corrupted.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from deltaserve.engine.kv_cache import BlockAllocator
+from deltaserve.engine.prefix_cache import extend_hashes
 from deltaserve.engine.request import SeqStatus, Sequence
 
 
@@ -30,14 +38,25 @@ class SchedulerConfig:
     adapter_budget_bytes: int | None = None
     """Device bytes the running set's adapters may take (None: unlimited)."""
     mixed_prefill_decode: bool = False
-    """Admit prefills into decode steps instead of giving them their own step."""
+    """Without chunked prefill: admit prefills into decode steps instead of giving them their
+    own step."""
+    enable_chunked_prefill: bool = False
+    """Fill each step decode-first, then with chunks of prompts (longer prompts than the
+    budget are split over steps)."""
 
 
 @dataclass
 class ScheduledSeq:
     seq: Sequence
     num_new_tokens: int
-    """Tokens to compute this step: all uncomputed ones for a prefill, 1 for a decode."""
+    """Tokens to compute this step: 1 for a decode; for a prefill all uncomputed ones, or a
+    chunk of them with chunked prefill."""
+
+    @property
+    def samples(self) -> bool:
+        """Whether this step reaches the sequence's last token (a chunk that leaves part of
+        the prompt uncomputed samples nothing)."""
+        return self.seq.num_computed_tokens + self.num_new_tokens == self.seq.num_tokens
 
 
 @dataclass
@@ -103,6 +122,18 @@ class FCFSPolicy:
         return None
 
 
+@dataclass
+class PrefixCacheStats:
+    """Prompt tokens looked up in the prefix cache and found there, per adapter kind."""
+
+    queries: dict[str, int] = field(default_factory=dict)
+    hits: dict[str, int] = field(default_factory=dict)
+
+    def record(self, kind: str, queried: int, hit: int) -> None:
+        self.queries[kind] = self.queries.get(kind, 0) + queried
+        self.hits[kind] = self.hits.get(kind, 0) + hit
+
+
 class Scheduler:
     def __init__(
         self,
@@ -120,6 +151,7 @@ class Scheduler:
         self.waiting: list[Sequence] = []
         self.running: list[Sequence] = []
         self.num_preemptions = 0
+        self.prefix_stats = PrefixCacheStats()
 
     # ---- queue management -------------------------------------------------------------
     def add(self, seq: Sequence) -> None:
@@ -134,8 +166,7 @@ class Scheduler:
             self.running.remove(seq)
         elif seq in self.waiting:
             self.waiting.remove(seq)
-        self.blocks.free(seq.block_table)
-        self.side.free(seq)
+        self._release(seq)
 
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
@@ -146,14 +177,29 @@ class Scheduler:
     def waiting_adapters(self) -> list[str]:
         return _distinct(s.adapter_key for s in self.waiting)
 
+    def cache_computed(self, seq: Sequence) -> None:
+        """Register seq's blocks that are full and computed in the prefix cache (after a step)."""
+        if seq.request.cache_root is None or not self.blocks.enable_caching:
+            return
+        bs = self.blocks.block_size
+        hashes = extend_hashes(seq, seq.num_computed_tokens, bs)
+        for i in range(seq.num_registered_blocks, len(hashes)):
+            self.blocks.register(seq.block_table[i], hashes[i])
+        seq.num_registered_blocks = max(seq.num_registered_blocks, len(hashes))
+
     # ---- scheduling ---------------------------------------------------------------------
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
-        if self.config.mixed_prefill_decode:
+        budget = self.config.max_num_batched_tokens
+        if self.config.enable_chunked_prefill:
             self._schedule_decodes(out)
-            self._admit(out, self.config.max_num_batched_tokens - out.num_batched_tokens)
+            self._schedule_partial_prefills(out, budget - out.num_batched_tokens)
+            self._admit(out, budget - out.num_batched_tokens)
+        elif self.config.mixed_prefill_decode:
+            self._schedule_decodes(out)
+            self._admit(out, budget - out.num_batched_tokens)
         else:
-            self._admit(out, self.config.max_num_batched_tokens)
+            self._admit(out, budget)
             if out.is_empty:
                 self._schedule_decodes(out)
         out.adapters = _distinct(s.seq.adapter_key for s in out.scheduled)
@@ -164,13 +210,11 @@ class Scheduler:
         """Move waiting sequences to running while slots, tokens, blocks and adapters allow."""
         if not self.waiting:
             return
+        chunked = self.config.enable_chunked_prefill
         adapters = set(self.running_adapters())
         used_bytes = sum(self.adapter_bytes(a) for a in adapters)
         for seq in self.policy.order(self.waiting):
-            if len(self.running) >= self.config.max_num_seqs:
-                break
-            need_tokens = seq.num_tokens - seq.num_computed_tokens
-            if need_tokens > budget:
+            if len(self.running) >= self.config.max_num_seqs or budget <= 0:
                 break
             key = seq.adapter_key
             if key is not None and key not in adapters:
@@ -179,48 +223,106 @@ class Scheduler:
                 over_bytes = budget_bytes is not None and used_bytes + extra > budget_bytes
                 if len(adapters) >= self.config.max_loras or over_bytes:
                     continue  # others may use adapters already in the step
-            # One block of headroom per running sequence keeps the next decode from preempting.
-            need_blocks = self.blocks.blocks_for(seq.num_tokens + 1) - len(seq.block_table)
-            if not self.blocks.can_allocate(need_blocks):
+            hit = self._cached_prefix(seq)
+            computed = len(hit) * self.blocks.block_size
+            need_tokens = seq.num_tokens - computed
+            n = min(need_tokens, budget) if chunked else need_tokens
+            if n > budget:
                 break
-            if not self.side.grow(seq, seq.num_tokens + 1):
+            if not self._allocate(seq, hit, computed + n):
                 break
-            seq.block_table.extend(self.blocks.allocate(need_blocks))
+            self._record_hit(seq, computed)
             if key is not None and key not in adapters:
                 adapters.add(key)
                 used_bytes += self.adapter_bytes(key)
             self.waiting.remove(seq)
             seq.status = SeqStatus.RUNNING
             self.running.append(seq)
-            out.scheduled.append(ScheduledSeq(seq, need_tokens))
-            budget -= need_tokens
+            out.scheduled.append(ScheduledSeq(seq, n))
+            budget -= n
+
+    def _cached_prefix(self, seq: Sequence) -> list[int]:
+        """The cached blocks seq can start from: full blocks only, never its last token (its
+        logits must be computed), none for rows that score every prompt position."""
+        if (seq.request.cache_root is None or not self.blocks.enable_caching
+                or seq.scores_prompt):
+            return []
+        bs = self.blocks.block_size
+        usable = (seq.num_tokens - 1) // bs * bs
+        return self.blocks.lookup(extend_hashes(seq, usable, bs))
+
+    def _allocate(self, seq: Sequence, hit: list[int], end: int) -> bool:
+        """Blocks for seq's first `end` tokens (sharing the cached `hit`), in the base cache
+        and any side caches; all or nothing. A step that ends the prompt keeps one block of
+        headroom, so the next decode does not preempt."""
+        upto = end + 1 if end == seq.num_tokens else end
+        need = self.blocks.blocks_for(upto) - len(hit)
+        if not self.blocks.can_allocate(need + self.blocks.num_idle(hit)):
+            return False
+        if not self.side.grow(seq, upto):
+            return False
+        self.blocks.share(hit)
+        seq.block_table = hit + self.blocks.allocate(need)
+        seq.num_computed_tokens = len(hit) * self.blocks.block_size
+        seq.num_registered_blocks = len(hit)
+        return True
+
+    def _record_hit(self, seq: Sequence, cached_tokens: int) -> None:
+        req = seq.request
+        if req.cache_root is None or not self.blocks.enable_caching:
+            return
+        queried = len(req.prompt_token_ids)
+        hit = min(cached_tokens, queried)
+        self.prefix_stats.record(req.adapter_kind or "base", queried, hit)
+        if seq.index == 0 and req.metrics.num_preemptions == 0:
+            req.num_cached_tokens = hit
 
     def _schedule_decodes(self, out: SchedulerOutput) -> None:
-        """One token for every running sequence, preempting the newest when blocks run out."""
+        """One token for every decoding sequence, preempting the newest when blocks run out."""
         scheduled_ids = {id(s.seq) for s in out.scheduled}
         for seq in list(self.running):
             if seq not in self.running or id(seq) in scheduled_ids:
                 continue  # preempted by an earlier iteration, or a fresh prefill
-            while not self._grow(seq):
-                victim = self.running[-1]
-                self._preempt(victim, out)
-                if victim is seq:
-                    break
-            if seq in self.running:
+            if seq.num_tokens - seq.num_computed_tokens != 1:
+                continue  # a prompt still being prefilled in chunks
+            if self._grow_or_preempt(seq, seq.num_tokens, out):
                 out.scheduled.append(ScheduledSeq(seq, 1))
 
-    def _grow(self, seq: Sequence) -> bool:
-        """Blocks for all of seq's tokens, in the base cache and any side caches."""
-        while self.blocks.blocks_for(seq.num_tokens) > len(seq.block_table):
+    def _schedule_partial_prefills(self, out: SchedulerOutput, budget: int) -> None:
+        """The next chunk of every running sequence whose prompt is not fully computed."""
+        for seq in list(self.running):
+            if budget <= 0:
+                break
+            pending = seq.num_tokens - seq.num_computed_tokens
+            if seq not in self.running or pending <= 1:
+                continue
+            n = min(pending, budget)
+            end = seq.num_computed_tokens + n
+            if self._grow_or_preempt(seq, end + 1 if end == seq.num_tokens else end, out):
+                out.scheduled.append(ScheduledSeq(seq, n))
+                budget -= n
+
+    def _grow_or_preempt(self, seq: Sequence, num_tokens: int, out: SchedulerOutput) -> bool:
+        """Room for seq's first num_tokens tokens, preempting the newest running sequences
+        while there is none; False when seq itself had to go."""
+        while not self._grow(seq, num_tokens):
+            victim = self.running[-1]
+            self._preempt(victim, out)
+            if victim is seq:
+                return False
+        return True
+
+    def _grow(self, seq: Sequence, num_tokens: int) -> bool:
+        """Blocks for num_tokens of seq's tokens, in the base cache and any side caches."""
+        while self.blocks.blocks_for(num_tokens) > len(seq.block_table):
             if not self.blocks.can_allocate(1):
                 return False
             seq.block_table.extend(self.blocks.allocate(1))
-        return self.side.grow(seq, seq.num_tokens)
+        return self.side.grow(seq, num_tokens)
 
     def _preempt(self, seq: Sequence, out: SchedulerOutput) -> None:
         self.running.remove(seq)
-        self.blocks.free(seq.block_table)
-        self.side.free(seq)
+        self._release(seq)
         seq.num_computed_tokens = 0
         seq.status = SeqStatus.WAITING
         seq.request.metrics.num_preemptions += 1
@@ -228,6 +330,12 @@ class Scheduler:
         self.num_preemptions += 1
         out.preempted.append(seq)
         out.scheduled = [s for s in out.scheduled if s.seq is not seq]
+
+    def _release(self, seq: Sequence) -> None:
+        """Give back seq's blocks (its registered ones stay cached until evicted)."""
+        self.blocks.free(seq.block_table)
+        self.side.free(seq)
+        seq.num_registered_blocks = 0
 
 
 def _distinct(keys) -> list[str]:

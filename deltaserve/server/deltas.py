@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from deltaserve.engine.outputs import CompletionOutput, RequestOutput, TokenLogprob
 from deltaserve.engine.sampling_params import SamplingParams
-from deltaserve.server.protocol import UsageInfo
+from deltaserve.server.protocol import PromptTokensDetails, UsageInfo
 
 
 def holdback_chars(params: SamplingParams) -> int:
@@ -75,6 +75,8 @@ def usage_of(outputs: list[RequestOutput | None]) -> UsageInfo:
     """Token counts over all prompts of a request (prompt counted once, every sample counted)."""
     prompt = sum(len(o.prompt_token_ids) for o in outputs if o is not None)
     completion = sum(len(c.token_ids) for o in outputs if o is not None for c in o.outputs)
+    cached = sum(getattr(o, "num_cached_tokens", 0) for o in outputs if o is not None)
     return UsageInfo(
-        prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+        prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
     )

@@ -29,6 +29,10 @@ def engine_config(settings: Settings):  # -> deltaserve.engine.config.EngineConf
         max_lora_rank=settings.max_lora_rank,
         max_cpu_adapters=settings.max_cpu_adapters,
         max_waiting=settings.max_waiting,
+        max_num_batched_tokens=settings.max_num_batched_tokens,
+        enable_chunked_prefill=settings.enable_chunked_prefill,
+        enable_prefix_caching=settings.enable_prefix_caching,
+        prefix_cache_scope=settings.prefix_cache_scope,
         queue_policy=queue_policy(settings),
         seed=settings.seed,
     )

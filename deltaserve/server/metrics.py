@@ -83,6 +83,27 @@ class _EngineCollector(Collector):
         )
         yield _counter("deltaserve_engine_steps", "Engine steps executed.", s.steps_total)
         yield from self._extra.adapter_cache_families(s)
+        yield from _prefix_cache_families(s)
+
+
+PREFIX_KINDS = ("base", "lora", "sparse_delta")
+"""Row kinds the native engine's prefix cache serves (mixes run as LoRAs; proxy rows are not
+cached): the `kind` label's values, always all present so rates never start from nothing."""
+
+
+def _prefix_cache_families(s: EngineStats) -> Iterator[Metric]:
+    """Prompt tokens looked up in the prefix cache and found there (vLLM's
+    prefix_cache_queries / prefix_cache_hits), per row kind."""
+    for name, doc, values in (
+        ("deltaserve_prefix_cache_queries", "Prompt tokens looked up in the prefix cache.",
+         getattr(s, "prefix_cache_queries", None) or {}),
+        ("deltaserve_prefix_cache_hits", "Prompt tokens found in the prefix cache.",
+         getattr(s, "prefix_cache_hits", None) or {}),
+    ):
+        family = CounterMetricFamily(name, doc, labels=["kind"])
+        for kind in PREFIX_KINDS:
+            family.add_metric([kind], float(values.get(kind, 0)))
+        yield family
 
 
 def _lora_info(s: EngineStats) -> GaugeMetricFamily:

@@ -91,6 +91,23 @@ class Settings(BaseSettings):
     max_model_len: int | None = Field(
         None, ge=1, description="Context length (prompt + generated tokens); default: the model's."
     )
+    max_num_batched_tokens: int | None = Field(
+        None, ge=1, description="Token budget of one engine step (decode tokens first, then "
+        "prompt chunks). Default: 512 on CPU, 2048 on CUDA with chunked prefill; without it "
+        "max(2048, context length).",
+    )
+    enable_chunked_prefill: bool = Field(
+        True, description="Split prompts into chunks that share steps with running decodes "
+        "(decode-first), so streams do not stall while long prompts arrive.",
+    )
+    enable_prefix_caching: bool = Field(
+        True, description="Reuse the KV cache of prompt prefixes computed before (keyed by "
+        "token ids, base weights and the adapter's content; see README, Prefix caching).",
+    )
+    prefix_cache_scope: Literal["global", "tenant"] = Field(
+        "global", description="global: base-model rows of all tenants share cached prefixes "
+        "(adapter rows are always per tenant); tenant: every tenant has its own.",
+    )
     seed: int = Field(0, description="Engine seed for requests that do not set their own.")
     queue_policy: Literal["auto", "fcfs", "vtc"] = Field(
         "auto",

@@ -22,12 +22,12 @@ class AttentionMeta:
 
     slot_mapping: torch.Tensor
     """[T] long: flat cache slot (block * block_size + offset) each new token's K/V goes to."""
-    block_tables: torch.Tensor
+    block_tables: torch.Tensor | None
     """[B, nb] long: each sequence's KV blocks (padded with block 0; padding masked)."""
     block_size: int
-    mask: torch.Tensor
+    mask: torch.Tensor | None
     """[B, 1, Lq, Lk] bool: True where a query may attend to a key (causal, length, window);
-    Lk = nb * block_size."""
+    Lk = nb * block_size. (block_tables and mask are None for a step made of `parts`.)"""
     decode_only: bool
     """Every sequence has exactly one query token (T == B, in sequence order)."""
     q_index: torch.Tensor | None = None
@@ -37,6 +37,9 @@ class AttentionMeta:
     key_ranges: torch.Tensor | None = None
     """[B, 2] long, decode-only steps on CPU: the keys [lo, hi) each sequence attends to (its
     context, cut to the sliding window)."""
+    parts: list[tuple[torch.Tensor, AttentionMeta]] | None = None
+    """A step of decodes and prompt chunks (chunked prefill): (packed token rows [T_i], their
+    own metadata) for the decode rows and for the others, attended separately."""
 
 
 def paged_attention(
@@ -56,6 +59,18 @@ def paged_attention(
     """
     k_cache.index_copy_(1, meta.slot_mapping, k.transpose(0, 1))
     v_cache.index_copy_(1, meta.slot_mapping, v.transpose(0, 1))
+    if meta.parts is None:
+        return _attend(q, k_cache, v_cache, meta, num_heads)
+    out = q.new_empty(q.shape[0], num_heads * q.shape[2])
+    for index, sub in meta.parts:
+        out.index_copy_(0, index, _attend(q.index_select(0, index), k_cache, v_cache, sub,
+                                          num_heads))
+    return out
+
+
+def _attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMeta,
+            num_heads: int) -> torch.Tensor:
+    """Attention of q [T, H, D] over the cache (this step's K/V already written): [T, H*D]."""
     if meta.decode_only and meta.key_ranges is not None and attention_cpu.supports(q, k_cache):
         # reads the cache in place (ops/attention_cpu.py); the path below is its oracle
         return attention_cpu.decode_attention(q, k_cache, v_cache, meta.block_tables,

@@ -66,11 +66,15 @@ def engine_kwargs(settings: Settings) -> dict[str, Any]:
         "max_loras": max_loras,
         "max_lora_rank": lora_rank_cap(settings.max_lora_rank),
         "max_cpu_loras": max_cpu_loras,
+        "enable_prefix_caching": settings.enable_prefix_caching,
+        "enable_chunked_prefill": settings.enable_chunked_prefill,
         # Our stat logger feeds /metrics; vLLM's own loggers would only print.
         "disable_log_stats": False,
     }
     if settings.max_model_len is not None:
         kwargs["max_model_len"] = settings.max_model_len
+    if settings.max_num_batched_tokens is not None:
+        kwargs["max_num_batched_tokens"] = settings.max_num_batched_tokens
     if settings.distributed_executor_backend is not None:
         kwargs["distributed_executor_backend"] = settings.distributed_executor_backend
     kwargs.update(parse_engine_args(settings.vllm_engine_arg))

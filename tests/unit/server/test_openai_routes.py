@@ -42,6 +42,7 @@ def test_completion_shape_and_usage(client: TestClient, engine: FakeEngine) -> N
         "prompt_tokens": prompt_len,
         "completion_tokens": 5,
         "total_tokens": prompt_len + 5,
+        "prompt_tokens_details": {"cached_tokens": 0},  # the fake engine caches nothing
     }
     assert engine.submitted[0].adapter is None
 
