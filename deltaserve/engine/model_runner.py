@@ -63,7 +63,7 @@ class ModelRunner:
             logits = self.proxy.combine(sched.scheduled, logits)
         done = [i for i, it in enumerate(sched.scheduled) if it.samples]
         if len(done) < b:  # prompt chunks that leave part of their prompt sample nothing
-            logits = logits.index_select(0, torch.tensor(done, device=logits.device))
+            logits = logits.index_select(0, torch.tensor(done, dtype=torch.long, device=logits.device))
         seqs = [sched.scheduled[i].seq for i in done]
         apply_bitmask(logits, seqs)
         out = sample(logits, self.sampling_tensors(seqs, logits.shape[1]))
