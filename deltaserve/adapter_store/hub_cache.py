@@ -32,9 +32,6 @@ class HubRef:
     repo_id: str
     revision: str | None = None
 
-    def __str__(self) -> str:
-        return f"{self.repo_id}@{self.revision}" if self.revision else self.repo_id
-
 
 class NotInHubCacheError(FileNotFoundError):
     """The hub id (at that revision) is not in the local hub cache, which is never filled here."""

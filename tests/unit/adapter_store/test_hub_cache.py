@@ -23,6 +23,7 @@ from deltaserve.adapter_store.errors import AdapterForbiddenError, BadSourceErro
 from deltaserve.adapter_store.hub_cache import (
     HubRef,
     NotInHubCacheError,
+    ResolvedModel,
     cached_snapshot,
     parse_hub_ref,
     resolve_model,
@@ -120,8 +121,8 @@ def test_a_local_directory_wins(cache: Path, tmp_path: Path, monkeypatch) -> Non
     _model_dir(tmp_path / "acme" / "tiny", 7)
     found = resolve_model("acme/tiny", None, cache)
     assert found.hub_ref is None and _layers(found.path) == 7
-    missing = resolve_model(str(tmp_path / "nowhere"), None, cache)
-    assert missing == type(missing)(tmp_path / "nowhere", None)
+    missing = str(tmp_path / "nowhere")  # not a hub id: left to the engine, as before
+    assert resolve_model(missing, None, cache) == ResolvedModel(Path(missing), None)
 
 
 # ---- adapters from the hub cache --------------------------------------------------------
