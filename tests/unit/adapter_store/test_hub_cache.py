@@ -19,6 +19,7 @@ import pytest
 from huggingface_hub import scan_cache_dir, snapshot_download
 
 from deltaserve.adapter_store import ingest as ing
+from deltaserve.adapter_store.content import ContentStore, pack_dir
 from deltaserve.adapter_store.errors import AdapterForbiddenError, BadSourceError
 from deltaserve.adapter_store.hub_cache import (
     HubRef,
@@ -134,6 +135,17 @@ def test_adapter_sources_by_hub_id(cache: Path, tmp_path: Path) -> None:
     assert nbytes > 0 and not (staged / "adapter_model.safetensors").is_symlink()
     assert sorted(p.name for p in staged.iterdir()) == [
         "adapter_config.json", "adapter_model.safetensors"]
+
+
+def test_a_hub_origin_is_read_again_from_the_cache(cache: Path, tmp_path: Path) -> None:
+    """Another replica (or this one, after evicting the copy) re-reads the registered source."""
+    content = ContentStore(tmp_path / "data")
+    blob = ing.read_origin("path:acme/tiny-lora", [], content, 1 << 20, hub_cache=cache)
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    ing.stage_source("acme/tiny-lora", [], staged, 1 << 20, hub_cache=cache)
+    assert blob is not None and blob == pack_dir(staged)
+    assert ing.read_origin("path:acme/tiny-lora", [], content, 1 << 20) is None  # not allowed
 
 
 def test_hub_adapter_sources_need_the_operators_consent(cache: Path, tmp_path: Path) -> None:
