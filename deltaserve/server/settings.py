@@ -238,7 +238,8 @@ class Settings(BaseSettings):
 
     @property
     def base_model_id(self) -> str:
-        """The base model's id in the API: --served-model-name, else the model directory's name."""
+        """The base model's id in the API: --served-model-name, else the model directory's name
+        (for a hub-id --model, the app's settings carry the hub id: with_model_dir)."""
         if self.served_model_name:
             return self.served_model_name
         return Path(self.model).resolve().name or self.model
