@@ -25,6 +25,7 @@ from deltaserve.adapter_store.paths import (
     copy_tree,
     list_files,
     refuse_pickle,
+    resolve_hub_source,
     resolve_source,
 )
 from deltaserve.adapter_store.validation import (
@@ -82,10 +83,14 @@ def stage_upload(files: Iterable[tuple[str, BinaryIO]], staged: Path, max_bytes:
     return total
 
 
-def stage_source(source: str, roots: list[Path], staged: Path, max_bytes: int) -> int:
-    """Copy a server-side adapter directory (inside an allowed root) under `staged`."""
-    real = resolve_source(source, roots)
-    files = list_files(real, max_bytes)
+def stage_source(
+    source: str, roots: list[Path], staged: Path, max_bytes: int, hub_cache: Path | None = None
+) -> int:
+    """Copy a server-side adapter directory (inside an allowed root) under `staged`; or, with
+    `hub_cache` (hub adapters allowed), the cached snapshot a hub id names."""
+    hub = resolve_hub_source(source, hub_cache)
+    real, root = hub if hub is not None else (resolve_source(source, roots), None)
+    files = list_files(real, max_bytes, root)
     if not files:
         raise InvalidAdapterError(f"`source` {source!r} holds no files.", code="no_config")
     copy_tree(files, staged)
@@ -111,13 +116,17 @@ def ingest(
     return Ingested(validated, sha, nbytes, path, blob)
 
 
-def read_origin(source: str, roots: list[Path], content: ContentStore, max_bytes: int) -> bytes | None:
-    """Re-read a server-side origin as a blob (another replica registered it), if reachable."""
+def read_origin(
+    source: str, roots: list[Path], content: ContentStore, max_bytes: int,
+    hub_cache: Path | None = None,
+) -> bytes | None:  # fmt: skip
+    """Re-read a server-side origin (a path or hub id) as a blob (another replica registered
+    it, or the local copy was evicted), if reachable."""
     if not source.startswith("path:"):
         return None
     try:
         with content.staging_dir() as staged:
-            stage_source(source.removeprefix("path:"), roots, staged, max_bytes)
+            stage_source(source.removeprefix("path:"), roots, staged, max_bytes, hub_cache)
             return pack_dir(staged)
     except Exception as exc:  # unreachable or refused here: not an origin for this replica
         logger.warning("origin %s unavailable: %s", source, exc)

@@ -20,6 +20,12 @@ from deltaserve.adapter_store.errors import (
     BadSourceError,
     InvalidAdapterError,
 )
+from deltaserve.adapter_store.hub_cache import (
+    NotInHubCacheError,
+    cached_snapshot,
+    parse_hub_ref,
+    repo_cache_dir,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +95,33 @@ def resolve_source(source: str, roots: list[Path]) -> Path:
     return real
 
 
+def resolve_hub_source(source: str, hub_cache: Path | None) -> tuple[Path, Path] | None:
+    """(snapshot directory, its repo folder) for a `source` that is a cached hub id, else None.
+
+    An existing path is never a hub id. `hub_cache` is None unless the operator allows hub
+    adapters; the repo folder is the root the snapshot's symlinks (into blobs/) must stay in.
+    """
+    if not isinstance(source, str) or not source or "\x00" in source or os.path.exists(source):
+        return None
+    try:
+        ref = parse_hub_ref(source)
+    except ValueError as exc:
+        raise BadSourceError(str(exc), param="source") from None
+    if ref is None:
+        return None
+    if hub_cache is None:
+        raise AdapterForbiddenError(
+            f"`source` {source!r} is not a server-side directory, and this server does not "
+            "register adapters by hub id (--allow-hub-adapters).",
+            code="source_not_allowed",
+            param="source",
+        )
+    try:
+        return cached_snapshot(ref, hub_cache), repo_cache_dir(ref, hub_cache)
+    except NotInHubCacheError as exc:
+        raise BadSourceError(str(exc), code="not_in_hub_cache", param="source") from None
+
+
 def refuse_pickle(rel: str, head: bytes) -> None:
     """422 for files that are (or claim to be) pickles / torch zip archives."""
     lower = rel.lower()
@@ -104,13 +137,15 @@ def refuse_pickle(rel: str, head: bytes) -> None:
         )
 
 
-def list_files(directory: Path, max_bytes: int) -> dict[str, Path]:
+def list_files(directory: Path, max_bytes: int, root: Path | None = None) -> dict[str, Path]:
     """rel path → real file for everything under `directory`, checked before any read.
 
-    Symlinks must resolve inside `directory` (a symlinked directory is refused outright);
-    the summed size must stay within `max_bytes` (413).
+    Symlinks must resolve inside `root` (default: `directory`; a hub snapshot's files link
+    into its repo folder's blobs/); a symlinked directory is refused outright. The summed size
+    must stay within `max_bytes` (413).
     """
     base = os.path.realpath(directory)
+    allowed = os.path.realpath(root) if root is not None else base
     found: dict[str, Path] = {}
     total = 0
     for dirpath, dirnames, filenames in os.walk(base, followlinks=False):
@@ -122,7 +157,7 @@ def list_files(directory: Path, max_bytes: int) -> dict[str, Path]:
         for fname in filenames:
             full = os.path.join(dirpath, fname)
             rel = check_relative_path(os.path.relpath(full, base).replace(os.sep, "/"))
-            if not is_within(full, base):
+            if not is_within(full, allowed):
                 raise InvalidAdapterError(
                     f"{rel!r} is a symlink that leaves the adapter directory.", code="symlink"
                 )

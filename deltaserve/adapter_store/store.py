@@ -53,6 +53,8 @@ class StoreConfig:
     data_dir: Path
     base_model_id: str
     source_roots: list[Path] = field(default_factory=list)
+    hub_cache: Path | None = None
+    """The Hugging Face cache `source` hub ids resolve in; None: hub ids are refused."""
     max_adapter_bytes: int = 1 << 30
     max_total_adapter_bytes: int = 16 << 30
     limits: Limits = field(default_factory=Limits)
@@ -176,11 +178,13 @@ class AdapterStore(SyncMixin):
         self, name: str, source: str, caller: Caller,
         shared: bool | None = None, replace: bool = False,
     ) -> AdapterManifest:  # fmt: skip
-        """Register a server-side directory inside an allowed --adapter-source-root."""
-        roots, max_bytes = self.config.source_roots, self.config.max_adapter_bytes
+        """Register a server-side directory inside an allowed --adapter-source-root, or a hub
+        id from the Hugging Face cache when the operator allows that."""
+        cfg = self.config
         return await self._register(
             name, caller, shared, replace, f"path:{source}",
-            lambda staged: ing.stage_source(source, roots, staged, max_bytes),
+            lambda staged: ing.stage_source(
+                source, cfg.source_roots, staged, cfg.max_adapter_bytes, cfg.hub_cache),
         )  # fmt: skip
 
     async def unregister(self, name: str, caller: Caller) -> AdapterManifest:

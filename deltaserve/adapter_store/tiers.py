@@ -75,7 +75,8 @@ class TierChain:
             t0 = time.perf_counter()
             cfg = self.config
             blob = await asyncio.to_thread(
-                ing.read_origin, m.source, cfg.source_roots, self.content, cfg.max_adapter_bytes
+                ing.read_origin, m.source, cfg.source_roots, self.content, cfg.max_adapter_bytes,
+                cfg.hub_cache,
             )
             self.observer.lookup("origin", blob is not None)
             if blob is None:

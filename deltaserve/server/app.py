@@ -16,7 +16,7 @@ from deltaserve.engine.protocol import EngineClient
 from deltaserve.engine.threads import single_threaded
 from deltaserve.server.adapters import AdapterResolver, DirectoryAdapterResolver, StoreResolver
 from deltaserve.server.auth import DEFAULT_TENANT, ApiKeyAuth
-from deltaserve.server.engine_factory import build_engine
+from deltaserve.server.engine_factory import build_engine, with_model_dir
 from deltaserve.server.errors import install_error_handlers
 from deltaserve.server.middleware import BodySizeLimitMiddleware, HttpMetricsMiddleware
 from deltaserve.server.mixing import build_mixer, forget_member_content
@@ -42,6 +42,7 @@ def create_app(
     resolver: AdapterResolver | None = None,
 ) -> FastAPI:
     """A ready-to-serve app. Without `engine`, the lifespan builds one from `settings`."""
+    settings = with_model_dir(settings)
     state = ServerState(
         settings=settings,
         resolver=resolver or DirectoryAdapterResolver(None),

@@ -1,9 +1,11 @@
-"""Building the engine backend that `--engine` names from the server settings."""
+"""Building the engine backend that `--engine` names from the server settings, and the model
+directory it loads (a hub-id --model is resolved in the local Hugging Face cache first)."""
 
 from __future__ import annotations
 
 import logging
 
+from deltaserve.adapter_store.hub_cache import resolve_model
 from deltaserve.engine.protocol import EngineClient
 from deltaserve.server.settings import Settings
 
@@ -12,6 +14,20 @@ logger = logging.getLogger(__name__)
 
 class EngineUnavailableError(RuntimeError):
     """The configured engine backend cannot be used in this installation."""
+
+
+def with_model_dir(settings: Settings) -> Settings:
+    """`settings` with --model a directory: a hub id becomes its cached snapshot (at --revision)
+    and, as in vLLM, the base model's id defaults to the hub id. Raises NotInHubCacheError
+    (an OSError) when the hub id is not cached; directories and other paths pass unchanged."""
+    found = resolve_model(settings.model, settings.revision, settings.hub_cache)
+    if found.hub_ref is None:
+        return settings
+    logger.info("--model %s: %s in the Hugging Face cache", settings.model, found.path)
+    return settings.model_copy(update={
+        "model": str(found.path),
+        "served_model_name": settings.served_model_name or found.hub_ref.repo_id,
+    })  # fmt: skip
 
 
 def engine_config(settings: Settings):  # -> deltaserve.engine.config.EngineConfig

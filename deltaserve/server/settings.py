@@ -25,13 +25,28 @@ class Settings(BaseSettings):
 
     # --- what to serve -------------------------------------------------------------------
     model: str = Field(
+        json_schema_extra={"metavar": "DIR|HUB_ID"},
+        description="Base model: a Hugging Face model directory (config, safetensors, tokenizer), "
+        "or a hub id (org/name, org/name@revision) already in the local Hugging Face cache "
+        "(deltaserve never downloads). An existing directory wins.",
+    )
+    revision: str | None = Field(
+        None,
+        json_schema_extra={"metavar": "REV"},
+        description="Revision of a hub-id --model: a branch, tag or commit sha (default main).",
+    )
+    hub_cache: Path | None = Field(
+        None,
         json_schema_extra={"metavar": "DIR"},
-        description="Base model: a Hugging Face model directory (config, safetensors, tokenizer).",
+        description="Hugging Face cache in which hub ids are looked up (default: huggingface_hub's: "
+        "$HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub). Only read, never "
+        "filled: no request goes to the hub, whether HF_HUB_OFFLINE is set or not.",
     )
     served_model_name: str | None = Field(
         None,
         json_schema_extra={"metavar": "NAME"},
-        description="The base model's id in the API (default: the model directory's name).",
+        description="The base model's id in the API (default: the model directory's name, or the "
+        "hub id).",
     )
     adapter_dir: Path | None = Field(
         None,
@@ -154,6 +169,11 @@ class Settings(BaseSettings):
         description="Server-side directories adapters may be registered from (repeatable; "
         f"in the environment a JSON list or paths separated by '{os.pathsep}').",
     )
+    allow_hub_adapters: bool = Field(
+        False,
+        description="Let adapters be registered by hub id (JSON `source`, `lora_path`) from the "
+        "Hugging Face cache (--hub-cache); listing that cache in --adapter-source-root does too.",
+    )
     # --- adapter store -------------------------------------------------------------------
     data_dir: Path | None = Field(
         None,
@@ -235,7 +255,8 @@ class Settings(BaseSettings):
 
     @property
     def base_model_id(self) -> str:
-        """The base model's id in the API: --served-model-name, else the model directory's name."""
+        """The base model's id in the API: --served-model-name, else the model directory's name
+        (for a hub-id --model, the app's settings carry the hub id: with_model_dir)."""
         if self.served_model_name:
             return self.served_model_name
         return Path(self.model).resolve().name or self.model

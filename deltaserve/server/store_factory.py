@@ -14,6 +14,8 @@ from pathlib import Path
 
 from deltaserve.adapter_store.backend import InProcessBackend, StoreBackend
 from deltaserve.adapter_store.errors import InvalidAdapterError
+from deltaserve.adapter_store.hub_cache import default_cache_dir
+from deltaserve.adapter_store.paths import is_within
 from deltaserve.adapter_store.store import AdapterStore, StoreConfig, TierObserver
 from deltaserve.adapter_store.validation import BaseShapes, Limits, tokenizer_vocab_sha256
 from deltaserve.engine.config import ModelConfig
@@ -40,6 +42,15 @@ def _tokenizer_sha(model_dir: str) -> str | None:
         return None
 
 
+def hub_adapter_cache(settings: Settings) -> Path | None:
+    """The hub cache adapter `source`s may name hub ids in: only where the operator allows it,
+    with --allow-hub-adapters or by listing the cache (or a directory above it) as a source root."""
+    cache = settings.hub_cache or default_cache_dir()
+    if settings.allow_hub_adapters or any(is_within(cache, r) for r in settings.adapter_source_root):
+        return cache
+    return None
+
+
 def build_backend(settings: Settings) -> StoreBackend:
     """Redis with --redis-url, else the embedded in-process backend."""
     if not settings.redis_url:
@@ -58,6 +69,7 @@ def build_store(
         data_dir=Path(data_dir),
         base_model_id=settings.base_model_id,
         source_roots=[Path(p) for p in settings.adapter_source_root],
+        hub_cache=hub_adapter_cache(settings),
         max_adapter_bytes=settings.max_adapter_bytes,
         max_total_adapter_bytes=settings.max_total_adapter_bytes,
         limits=Limits(max_rank=settings.max_lora_rank, base_model_ids=(

@@ -87,14 +87,20 @@ class RunningServer:
 
 def start_server(model: TinyModel, **overrides: object) -> RunningServer:
     """Start uvicorn in a thread with the real engine; returns once it accepts requests."""
-    settings = Settings(
-        model=str(model.base),
-        adapter_dir=model.adapters,
-        served_model_name=BASE_ID,
-        port=free_port(),
-        device="cpu",
-        **overrides,
+    return serve(
+        Settings(
+            model=str(model.base),
+            adapter_dir=model.adapters,
+            served_model_name=BASE_ID,
+            port=free_port(),
+            device="cpu",
+            **overrides,
+        )
     )
+
+
+def serve(settings: Settings) -> RunningServer:
+    """Serve `settings` (port included) with uvicorn in a thread, as `start_server` does."""
     app = create_app(settings)
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning")
