@@ -27,7 +27,7 @@ from benchmarks import corpus
 TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]  # ids 0..3 (trainer puts them first)
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, 3
-MAX_POSITIONS = 512  # >= prompt + generated tokens of any variant we run
+MAX_POSITIONS = 2048  # >= prompt + generated tokens of any workload we run (R: up to 1,152)
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,7 @@ class ModelSpec:
     lora_alpha: int = 32
     lora_b_scale: float = 0.1
     num_adapters: int = 32
+    max_positions: int = MAX_POSITIONS
     seed: int = 0
 
     def key(self) -> str:
@@ -132,7 +133,7 @@ def build_base(out_dir: Path, spec: ModelSpec):
         num_hidden_layers=spec.num_layers,
         num_attention_heads=spec.num_heads,
         num_key_value_heads=spec.num_kv_heads,
-        max_position_embeddings=MAX_POSITIONS,
+        max_position_embeddings=spec.max_positions,
         tie_word_embeddings=False,
         bos_token_id=BOS_ID,
         eos_token_id=EOS_ID,
