@@ -6,7 +6,7 @@ over their own block tables).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -28,8 +28,13 @@ def build_inputs(
     block_size: int,
     sliding_window: int | None,
     device: torch.device,
+    local_window: int | None = None,
 ) -> StepInputs:
-    """rows: (sequence, tokens to compute this step); tables: the block table of each row."""
+    """rows: (sequence, tokens to compute this step); tables: the block table of each row.
+
+    sliding_window: the window of every layer (None: global attention); local_window: the
+    window of the sliding layers of a model that mixes both, given in `attn.local`.
+    """
     bs = block_size
     ids, pos, slots, q_index_rows, last = [], [], [], [], []
     starts, q_lens, ctx_lens = [], [], []
@@ -47,6 +52,11 @@ def build_inputs(
         ctx_lens.append(start + n)
     attn = _attention_meta(starts, q_lens, ctx_lens, tables, q_index_rows, slots, bs,
                            sliding_window, device)
+    if local_window:
+        # Per-layer windows (Gemma): the sliding layers' mask and key ranges, the rest shared.
+        local = _attention_meta(starts, q_lens, ctx_lens, tables, q_index_rows, slots, bs,
+                                local_window, device)
+        attn.local = replace(attn, mask=local.mask, key_ranges=local.key_ranges)
     return StepInputs(
         torch.tensor(ids, dtype=torch.long, device=device),
         torch.tensor(pos, dtype=torch.long, device=device),

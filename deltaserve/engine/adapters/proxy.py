@@ -27,7 +27,7 @@ from deltaserve.engine.adapters.base import AdapterError
 from deltaserve.engine.adapters.lora import LoRAAdapter, load_lora
 from deltaserve.engine.config import ModelConfig
 from deltaserve.engine.kv_cache import BlockAllocator, KVCache, kv_bytes_per_block
-from deltaserve.engine.models.llama import LlamaForCausalLM
+from deltaserve.engine.models.decoder import CausalLM
 from deltaserve.engine.models.loader import load_model
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class SmallModel:
 
     path: str
     cfg: ModelConfig
-    model: LlamaForCausalLM
+    model: CausalLM
     kv: KVCache
     blocks: BlockAllocator
     nbytes: int
