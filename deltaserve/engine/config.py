@@ -13,7 +13,8 @@ from deltaserve.engine.hardware import auto_dtype
 
 # model_type values of config.json the native engine serves (families: README "Supported base
 # models"). Gemma 3 is its text-only checkpoint (Gemma3ForCausalLM, model_type gemma3_text).
-SUPPORTED_ARCHS = {"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3"}
+SUPPORTED_ARCHS = {"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3",
+                   "mixtral"}
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -149,6 +150,9 @@ class ModelConfig:
                "gate_proj": h, "up_proj": h, "down_proj": i}
         outs = {"q_proj": q, "k_proj": kv, "v_proj": kv, "o_proj": h,
                 "gate_proj": i, "up_proj": i, "down_proj": h}
+        if self.num_experts:  # Mixtral: experts replace the MLP and take no adapters
+            for name in ("gate_proj", "up_proj", "down_proj"):
+                del ins[name], outs[name]
         if self.fused_checkpoint:
             ins.update(qkv_proj=h, gate_up_proj=h)
             outs.update(qkv_proj=q + 2 * kv, gate_up_proj=2 * i)

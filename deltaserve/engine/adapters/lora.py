@@ -80,13 +80,19 @@ def _check_supported(cfg: dict) -> None:
         raise AdapterError(f"LoRA bias={cfg['bias']!r} is not supported (only 'none')")
     if cfg.get("modules_to_save"):
         raise AdapterError("modules_to_save (fully trained extra modules) is not supported")
+    if cfg.get("target_parameters"):
+        raise AdapterError(
+            f"LoRA on parameters (target_parameters {cfg['target_parameters']}, e.g. the MoE "
+            "experts of Mixtral, which PEFT saves this way) is not served: only LoRA on "
+            f"modules {sorted(TARGET_MODULES)}"
+        )
     targets = cfg.get("target_modules")
     names = [targets] if isinstance(targets, str) else list(targets or [])
     bad = [t for t in names if t.split(".")[-1] not in TARGET_MODULES and not _is_regex(t)]
     if bad:
         raise AdapterError(
             f"unsupported target modules {bad}: supported are {sorted(TARGET_MODULES)}"
-            " (embedding and lm_head LoRA are not served)"
+            " (embedding, lm_head and MoE expert/router LoRA are not served)"
         )
 
 

@@ -97,8 +97,8 @@ def load_sparse_delta(
                 if m is None:
                     raise AdapterError(
                         f"unsupported tensor {key!r} in sparse delta: only the q/k/v/o/gate/up/"
-                        "down projection weights can be served as a delta (embeddings, lm_head "
-                        "and norms cannot)"
+                        "down (or fused qkv/gate_up) projection weights can be served as a "
+                        "delta (embeddings, lm_head, norms and MoE experts/routers cannot)"
                     )
                 parts.setdefault((int(m.group(1)), m.group(2)), {})[m.group(3)] = f.get_tensor(key)
     except AdapterError:

@@ -1,7 +1,8 @@
-"""The one decoder of every served family (Llama, Mistral, Qwen2/3, Gemma 2/3, Phi-3) over packed
+"""The one decoder of every served family (Llama, Mistral, Qwen2/3, Gemma 2/3, Phi-3, Mixtral) over packed
 tokens and a paged KV cache. A family is Llama plus the optional pieces its ModelConfig switches
 on (engine/family_config.py): per-head q/k norms, (1 + w) norms, sandwich norms, GELU-tanh,
-scaled embeddings, per-layer windows and RoPE bases, soft-capping, partial rotary.
+scaled embeddings, per-layer windows and RoPE bases, soft-capping, partial rotary, and
+Mixtral's sparse mixture of experts in place of the MLP (models/moe.py).
 
 Hidden states are packed: [T, hidden] for the T tokens of all sequences in the step, so the
 projections run as one matmul each whatever the mix of prefill and decode.
@@ -18,6 +19,7 @@ from deltaserve.engine.layers.attention import AttentionMeta, paged_attention
 from deltaserve.engine.layers.linear import AdapterLinear
 from deltaserve.engine.layers.norm import make_norm
 from deltaserve.engine.layers.rope import RotaryEmbedding, apply_rope
+from deltaserve.engine.models.moe import SparseMoE
 
 _ACT = {"silu": F.silu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}
 
@@ -81,7 +83,10 @@ class DecoderLayer(torch.nn.Module):
         super().__init__()
         self.sliding = bool(cfg.sliding_layers) and cfg.sliding_layers[layer_idx]
         self.self_attn = Attention(cfg, layer_idx)
-        self.mlp = MLP(cfg, layer_idx)
+        if cfg.num_experts:
+            self.block_sparse_moe = SparseMoE(cfg)
+        else:
+            self.mlp = MLP(cfg, layer_idx)
         h = cfg.hidden_size
         self.input_layernorm = make_norm(cfg, h)
         self.post_attention_layernorm = make_norm(cfg, h)
@@ -98,10 +103,15 @@ class DecoderLayer(torch.nn.Module):
         a = self.self_attn(self.input_layernorm(x), cos, sin, kv_cache, meta, adapters)
         if not self.sandwich:
             x = x + a
-            return x + self.mlp(self.post_attention_layernorm(x), adapters)
+            return x + self._ffn(self.post_attention_layernorm(x), adapters)
         x = x + self.post_attention_layernorm(a)
         return x + self.post_feedforward_layernorm(
-            self.mlp(self.pre_feedforward_layernorm(x), adapters))
+            self._ffn(self.pre_feedforward_layernorm(x), adapters))
+
+    def _ffn(self, x, adapters):
+        if hasattr(self, "block_sparse_moe"):
+            return self.block_sparse_moe(x)
+        return self.mlp(x, adapters)
 
 
 class DecoderModel(torch.nn.Module):

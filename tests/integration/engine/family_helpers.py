@@ -23,7 +23,8 @@ _LONGROPE = {"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_fac
 # family id -> (tiny.CONFIGS arch, config overrides). Each switches on its family's parts:
 # Gemma 2 with small caps so soft-capping bites, its own query scale; Gemma 3 with local and
 # global RoPE bases (global linear-scaled); Phi-3 with partial rotary and LongRoPE; Qwen3 also
-# with YaRN scaling. Prompts stay within Phi-3's original context (its short factors).
+# with YaRN scaling; Mixtral's 4 experts, top-2. Prompts stay within Phi-3's original context
+# (its short factors).
 FAMILIES = {
     "qwen3": ("qwen3", {}),
     "qwen3-yarn": ("qwen3", {"rope_scaling": _YARN}),
@@ -33,6 +34,7 @@ FAMILIES = {
         "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 100000.0},
         "sliding_attention": {"rope_type": "default", "rope_theta": 500.0}}}),
     "phi3": ("phi3", {"rope_parameters": _LONGROPE, "original_max_position_embeddings": 64}),
+    "mixtral": ("mixtral", {}),
 }
 SMALL = dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=1)
 _ALL = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -56,6 +58,8 @@ class Family:
 
 
 def _targets(arch: str) -> dict[str, tuple[str, ...]]:
+    if arch == "mixtral":  # experts take no LoRA: attention only
+        return {"attn": ("q_proj", "v_proj"), "all": _ALL[:4], "mlp": ("k_proj", "o_proj")}
     fused = arch == "phi3"
     return {"attn": ("qkv_proj",) if fused else ("q_proj", "v_proj"),
             "all": _FUSED_ALL if fused else _ALL,

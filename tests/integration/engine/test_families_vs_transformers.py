@@ -1,4 +1,4 @@
-"""Every served base-model family (Qwen3, YaRN, Gemma 2, Gemma 3, Phi-3) with every adapter kind,
+"""Every served base-model family (Qwen3, YaRN, Gemma 2, Gemma 3, Phi-3, Mixtral) with every adapter kind,
 served in float32 in mixed batches with base rows: greedy tokens and logprobs equal
 transformers (+ PEFT; for sparse deltas the densified merge; for proxies three HF models)."""
 
@@ -13,7 +13,7 @@ from deltaserve.engine.sampling_params import SamplingParams
 from tests.integration.engine.conftest import engine_for, hf_logprobs
 from tests.integration.engine.family_helpers import FAMILIES, build_family
 from tests.integration.engine.proxy_helpers import proxy_logprobs
-from tests.tiny import CONFIGS, make_lora
+from tests.tiny import CONFIGS, make_lora, make_model
 
 # The longest prompt outgrows Gemma's window of 4 (sliding and global layers differ).
 PROMPTS = [[5, 17, 99, 3, 250, 41, 7], [120, 4, 66], list(range(30, 52))]
@@ -78,3 +78,16 @@ def test_fused_module_lora_refused_on_unfused_base(llama_dir, tmp_path):
     eng = engine_for(model_dir, max_lora_rank=16)
     with pytest.raises(AdapterError, match="no module qkv_proj"):
         eng.generate([PROMPTS[0]], GREEDY, adapters=[AdapterRequest("f", str(tmp_path / "fused"))])
+
+
+def test_expert_lora_refused_on_mixtral(tmp_path):
+    """LoRA on Mixtral's experts (PEFT saves it as target_parameters over the 3-D expert
+    weights): a clear AdapterError naming them, not a silently ignored adapter."""
+    make_model(str(tmp_path / "base"), "mixtral")
+    base = AutoModelForCausalLM.from_pretrained(str(tmp_path / "base")).eval()
+    make_lora(base, str(tmp_path / "experts"), r=2, targets=("q_proj",),
+              target_parameters=["experts.gate_up_proj", "experts.down_proj"])
+    eng = engine_for(str(tmp_path / "base"), max_lora_rank=16)
+    with pytest.raises(AdapterError, match="target_parameters.*experts"):
+        eng.generate([PROMPTS[0]], GREEDY,
+                     adapters=[AdapterRequest("x", str(tmp_path / "experts"))])
