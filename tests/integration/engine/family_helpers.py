@@ -21,11 +21,14 @@ _YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings":
 _LONGROPE = {"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.5,
              "short_factor": [1.0, 1.5, 2.0, 3.0], "long_factor": [2.0, 3.0, 4.0, 5.0]}
 # family id -> (tiny.CONFIGS arch, config overrides). Each switches on its family's parts:
-# Gemma 2 with small caps so soft-capping bites, its own query scale; Gemma 3 with local and
+# Mistral with a window shorter than the longest prompt; Gemma 2 with small caps so soft-capping bites, its own query scale; Gemma 3 with local and
 # global RoPE bases (global linear-scaled); Phi-3 with partial rotary and LongRoPE; Qwen3 also
 # with YaRN scaling; Mixtral's 4 experts, top-2. Prompts stay within Phi-3's original context
 # (its short factors).
 FAMILIES = {
+    "llama": ("llama", {}),
+    "mistral": ("mistral", {"sliding_window": 8}),
+    "qwen2": ("qwen2", {}),
     "qwen3": ("qwen3", {}),
     "qwen3-yarn": ("qwen3", {"rope_scaling": _YARN}),
     "gemma2": ("gemma2", {"attn_logit_softcapping": 5.0, "final_logit_softcapping": 10.0,

@@ -1,6 +1,7 @@
-"""Every served base-model family (Qwen3, YaRN, Gemma 2, Gemma 3, Phi-3, Mixtral) with every adapter kind,
-served in float32 in mixed batches with base rows: greedy tokens and logprobs equal
-transformers (+ PEFT; for sparse deltas the densified merge; for proxies three HF models)."""
+"""Every served base-model family (Llama, Mistral, Qwen2, Qwen3 also with YaRN, Gemma 2,
+Gemma 3, Phi-3, Mixtral) with every adapter kind, served in float32 in mixed batches with base
+rows: greedy tokens and logprobs equal transformers (+ PEFT; for sparse deltas the densified
+merge; for proxies three HF models)."""
 
 from __future__ import annotations
 
