@@ -75,7 +75,8 @@ def sliding_layers(mt: str, cfg: dict, window: int | None, layers: int) -> tuple
 def family_fields(mt: str, cfg: dict, head_dim: int, hidden: int) -> dict:
     """The family switches of ModelConfig (see its field docs) for `cfg` of model_type `mt`."""
     gemma = mt in GEMMA
-    act = cfg.get("hidden_activation") or cfg.get("hidden_act") or "silu"
+    act = (cfg.get("hidden_activation") or cfg.get("hidden_act")
+           or ("gelu_pytorch_tanh" if gemma else "silu"))  # each family's config default
     if act not in _ACTS:
         raise ValueError(f"unsupported activation {act!r} (supported: {', '.join(_ACTS)})")
     if cfg.get("use_bidirectional_attention"):
