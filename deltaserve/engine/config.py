@@ -45,8 +45,9 @@ class ModelConfig:
     bos_token_id: int | None
     torch_dtype: str | None
     sliding_layers: tuple[bool, ...] = ()
-    """Per layer: whether it attends within `sliding_window` (Gemma alternates sliding and
-    global layers; other families window every layer or none)."""
+    """Per layer: whether it is a sliding layer, attending within `sliding_window` when set
+    (Gemma alternates sliding and global layers; other families window every layer or none)
+    and rotated with `local_rope_theta` when set."""
     local_rope_theta: float | None = None
     """RoPE base of the sliding layers where it differs from rope_theta (Gemma 3)."""
     qk_norm: bool = False
@@ -161,7 +162,8 @@ class ModelConfig:
     @property
     def global_window(self) -> int | None:
         """The window of the step's main attention mask: set only when every layer slides."""
-        return self.sliding_window if self.sliding_layers and all(self.sliding_layers) else None
+        every = bool(self.sliding_layers) and all(self.sliding_layers)
+        return self.sliding_window if every else None
 
     @property
     def local_window(self) -> int | None:

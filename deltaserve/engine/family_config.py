@@ -56,9 +56,9 @@ def partial_rotary_factor(cfg: dict) -> float:
 
 
 def sliding_layers(mt: str, cfg: dict, window: int | None, layers: int) -> tuple[bool, ...]:
-    """Which layers use the sliding window (all False without a window)."""
-    if not window:
-        return (False,) * layers
+    """Which layers are sliding-window layers: from layer_types, else Gemma's patterns, else
+    every layer when there is a window. Gemma 3 gives them its local RoPE base even when no
+    window is set."""
     types = cfg.get("layer_types")
     if types is None and mt in GEMMA:
         # Gemma 2 alternates; Gemma 3 has one global layer every `sliding_window_pattern`.
@@ -66,7 +66,7 @@ def sliding_layers(mt: str, cfg: dict, window: int | None, layers: int) -> tuple
         types = ["sliding_attention" if (i + 1) % pattern else "full_attention"
                  for i in range(layers)]
     if types is None:
-        return (True,) * layers
+        return (bool(window),) * layers
     if len(types) != layers:
         raise ValueError(f"layer_types has {len(types)} entries for {layers} layers")
     return tuple(t == "sliding_attention" for t in types)

@@ -62,3 +62,12 @@ def test_mixtral_has_no_dense_mlp_modules():
 def test_refusals_name_the_reason(extra, match):
     with pytest.raises(ValueError, match=match):
         ModelConfig.from_dict({**_DIMS, **extra})
+
+
+def test_sliding_layers_without_a_window():
+    """Gemma 3's layer types still pick the local RoPE base; no window, no masks."""
+    gemma3 = ModelConfig.from_dict({**_DIMS, "model_type": "gemma3_text", "sliding_window": None})
+    assert gemma3.sliding_layers == (True,) * 5 + (False,)
+    assert (gemma3.global_window, gemma3.local_window) == (None, None)
+    llama = ModelConfig.from_dict({**_DIMS, "model_type": "llama"})
+    assert llama.sliding_layers == (False,) * 6
