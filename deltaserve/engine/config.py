@@ -51,13 +51,15 @@ class ModelConfig:
     local_rope_theta: float | None = None
     """RoPE base of the sliding layers where it differs from rope_theta (Gemma 3)."""
     qk_norm: bool = False
-    """RMSNorm over each head of q and of k before RoPE (q_norm/k_norm [head_dim]; Qwen3, Gemma 3)."""
+    """RMSNorm over each head of q and of k before RoPE (q_norm/k_norm [head_dim]; Qwen3,
+    Gemma 3)."""
     norm_plus_one: bool = False
     """Norms scale by (1 + w) in float32 and round after the weight (Gemma)."""
     hidden_act: str = "silu"
     """The MLP's gate activation: silu | gelu_tanh (Gemma)."""
     embed_scale: float | None = None
-    """Embeddings are multiplied by this, rounded to the model dtype as HF does (√hidden: Gemma)."""
+    """Embeddings are multiplied by this, rounded to the model dtype as HF does (√hidden:
+    Gemma)."""
     sandwich_norms: bool = False
     """A norm on the attention output and pre/post feed-forward norms (Gemma)."""
     attn_scale: float = 0.0
@@ -88,7 +90,8 @@ class ModelConfig:
     def from_dict(cls, cfg: dict, generation_config_dir: str | None = None) -> ModelConfig:
         mt = cfg.get("model_type")
         if mt not in SUPPORTED_ARCHS:
-            hint = " (Gemma 3: serve its text-only checkpoint, gemma3_text)" if mt == "gemma3" else ""
+            hint = (" (Gemma 3: serve its text-only checkpoint, gemma3_text)"
+                    if mt == "gemma3" else "")
             raise ValueError(
                 f"unsupported model_type {mt!r}{hint}; supported: "
                 f"{', '.join(sorted(SUPPORTED_ARCHS))}"

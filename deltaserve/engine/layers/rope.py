@@ -116,7 +116,8 @@ class RotaryEmbedding(torch.nn.Module):
             # length passes the original context, so this equals it token by token (decode)
             # and for prompts within the original context.
             short, long, mscale, orig = _longrope(theta, dim, scaling, cfg.max_position_embeddings)
-            freqs = torch.where((t < orig).unsqueeze(1), torch.outer(t, short), torch.outer(t, long))
+            below = (t < orig).unsqueeze(1)  # [max_pos, 1]
+            freqs = torch.where(below, torch.outer(t, short), torch.outer(t, long))
         else:
             inv_freq, mscale = rope_inv_freq(theta, dim, scaling, cfg.max_position_embeddings)
             freqs = torch.outer(t, inv_freq)  # [max_pos, dim/2]

@@ -1,8 +1,8 @@
-"""The one decoder of every served family (Llama, Mistral, Qwen2/3, Gemma 2/3, Phi-3, Mixtral) over packed
-tokens and a paged KV cache. A family is Llama plus the optional pieces its ModelConfig switches
-on (engine/family_config.py): per-head q/k norms, (1 + w) norms, sandwich norms, GELU-tanh,
-scaled embeddings, per-layer windows and RoPE bases, soft-capping, partial rotary, and
-Mixtral's sparse mixture of experts in place of the MLP (models/moe.py).
+"""The one decoder of every served family (Llama, Mistral, Qwen2/3, Gemma 2/3, Phi-3, Mixtral)
+over packed tokens and a paged KV cache. A family is Llama plus the optional pieces its
+ModelConfig switches on (engine/family_config.py): per-head q/k norms, (1 + w) norms, sandwich
+norms, GELU-tanh, scaled embeddings, per-layer windows and RoPE bases, soft-capping, partial
+rotary, and Mixtral's sparse mixture of experts in place of the MLP (models/moe.py).
 
 Hidden states are packed: [T, hidden] for the T tokens of all sequences in the step, so the
 projections run as one matmul each whatever the mix of prefill and decode.
@@ -122,7 +122,8 @@ class DecoderModel(torch.nn.Module):
         self.cfg = cfg
         self.embed_tokens = torch.nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.embed_tokens.weight.requires_grad_(False)
-        self.layers = torch.nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.layers = torch.nn.ModuleList(
+            DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
         self.norm = make_norm(cfg, cfg.hidden_size)
         self.build_rotary(max_positions, device)
 
