@@ -12,10 +12,15 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     AutoModelForCausalLM,
+    Gemma2Config,
+    Gemma3TextConfig,
     LlamaConfig,
     MistralConfig,
+    MixtralConfig,
+    Phi3Config,
     PreTrainedTokenizerFast,
     Qwen2Config,
+    Qwen3Config,
 )
 
 SPECIALS = ["<pad>", "<s>", "</s>"]
@@ -60,6 +65,12 @@ CONFIGS = {
     "llama": lambda **kw: LlamaConfig(**{**_COMMON, **kw}),
     "mistral": lambda **kw: MistralConfig(**{**_COMMON, "sliding_window": 4096, **kw}),
     "qwen2": lambda **kw: Qwen2Config(**{**_COMMON, **kw}),
+    "qwen3": lambda **kw: Qwen3Config(**{**_COMMON, "head_dim": 16, **kw}),
+    # Gemma: a window shorter than the test prompts, so sliding and global layers differ.
+    "gemma2": lambda **kw: Gemma2Config(**{**_GEMMA, **kw}),
+    "gemma3_text": lambda **kw: Gemma3TextConfig(**{**_GEMMA, **kw}),
+    "phi3": lambda **kw: Phi3Config(**{**_COMMON, **kw}),
+    "mixtral": lambda **kw: MixtralConfig(**{**_COMMON, "num_local_experts": 4, **kw}),
 }
 _COMMON = dict(
     vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -67,10 +78,12 @@ _COMMON = dict(
     bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD, tie_word_embeddings=False,
     rms_norm_eps=1e-6,
 )
+_GEMMA = {**_COMMON, "head_dim": 16, "tie_word_embeddings": True, "sliding_window": 4,
+          "layer_types": ["sliding_attention", "full_attention"]}
 
 
 def make_model(out_dir: str, arch: str = "llama", seed: int = 0, dtype=torch.float32, **overrides):
-    """Save a random-init HF model of `arch` (llama | mistral | qwen2) plus tokenizer."""
+    """Save a random-init HF model of `arch` (a key of CONFIGS) plus tokenizer."""
     torch.manual_seed(seed)
     cfg = CONFIGS[arch](**overrides)
     model = AutoModelForCausalLM.from_config(cfg).to(dtype)

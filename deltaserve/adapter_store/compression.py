@@ -29,7 +29,8 @@ logger = logging.getLogger(__name__)
 METHODS = ("dare", "darex-q", "magnitude")
 PROJ_KEY = re.compile(
     r"^model\.layers\.(\d+)\.(?:self_attn|mlp)\."
-    r"(?:q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)\.weight$"
+    r"(?:q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj|qkv_proj|gate_up_proj)"
+    r"\.weight$"
 )
 _SHAPE_FIELDS = ("model_type", "vocab_size", "hidden_size", "intermediate_size",
                  "num_hidden_layers", "num_attention_heads", "num_key_value_heads")

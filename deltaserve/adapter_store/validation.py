@@ -45,11 +45,13 @@ MAX_CONFIG_BYTES = 1 << 20
 # Mirrors deltaserve.engine.adapters.lora._KEY (the tensor names the engine loads).
 LORA_KEY = re.compile(
     r"^(?:base_model\.model\.)?model\.layers\.(\d+)\.(?:self_attn|mlp)\."
-    r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)\.lora_([AB])(?:\.[^.]+)?\.weight$"
+    r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj|qkv_proj|gate_up_proj)"
+    r"\.lora_([AB])(?:\.[^.]+)?\.weight$"
 )
 DELTA_KEY = re.compile(
     r"^model\.layers\.(\d+)\.(?:self_attn|mlp)\."
-    r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)\.weight\.(indices|values)$"
+    r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj|qkv_proj|gate_up_proj)"
+    r"\.weight\.(indices|values)$"
 )
 
 
@@ -65,16 +67,10 @@ class BaseShapes:
 
     @classmethod
     def from_model_config(cls, c: ModelConfig) -> BaseShapes:
-        """Same widths as the engine's LlamaModel.in_sizes()/out_sizes()."""
-        h, q, kv, i = c.hidden_size, c.q_size, c.kv_size, c.intermediate_size
-        return cls(
-            num_layers=c.num_hidden_layers,
-            in_sizes={"q_proj": h, "k_proj": h, "v_proj": h, "o_proj": q,
-                      "gate_proj": h, "up_proj": h, "down_proj": i},
-            out_sizes={"q_proj": q, "k_proj": kv, "v_proj": kv, "o_proj": h,
-                       "gate_proj": i, "up_proj": i, "down_proj": h},
-            vocab_size=c.vocab_size,
-        )  # fmt: skip
+        """Same widths as the engine's CausalLM.in_sizes()/out_sizes()."""
+        ins, outs = c.module_sizes()
+        return cls(num_layers=c.num_hidden_layers, in_sizes=ins, out_sizes=outs,
+                   vocab_size=c.vocab_size)
 
 
 @dataclass(frozen=True)
@@ -186,6 +182,9 @@ def _check_lora_tensors(
         if shapes is not None:
             if layer >= shapes.num_layers:
                 raise InvalidAdapterError(f"{where}: the base model has {shapes.num_layers} layers.")
+            if module not in shapes.in_sizes:
+                raise InvalidAdapterError(f"{where}: the base model has no module {module}.",
+                                          code="shape_mismatch")
             want_in, want_out = shapes.in_sizes[module], shapes.out_sizes[module]
             if a[1] != want_in or b[0] != want_out:
                 raise InvalidAdapterError(
@@ -306,6 +305,9 @@ def _check_delta_indices(weights: Path, tensors: dict[str, TensorInfo],
                 continue
             idx = f.get_tensor(name).long()
             module = m.group(2)
+            if shapes and module not in shapes.in_sizes:
+                raise InvalidAdapterError(f"{name}: the base model has no module {module}.",
+                                          code="shape_mismatch")
             size = shapes.in_sizes[module] * shapes.out_sizes[module] if shapes else None
             if idx.numel() and (int(idx.min()) < 0 or (size and int(idx.max()) >= size)):
                 raise InvalidAdapterError(f"{name}: indices out of range [0, {size}).",

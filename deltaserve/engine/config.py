@@ -8,9 +8,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from deltaserve.engine.family_config import GEMMA, family_fields, rope_settings, sliding_layers
 from deltaserve.engine.hardware import auto_dtype
 
-SUPPORTED_ARCHS = {"llama", "mistral", "qwen2"}
+# model_type values of config.json the native engine serves (families: README "Supported base
+# models"). Gemma 3 is its text-only checkpoint (Gemma3ForCausalLM, model_type gemma3_text).
+SUPPORTED_ARCHS = {"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3",
+                   "mixtral"}
 CHUNKED_BUDGET = {"cpu": 512, "cuda": 2048}
 """Default step token budget with chunked prefill, per device type (EngineConfig)."""
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -18,7 +22,8 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 @dataclass
 class ModelConfig:
-    """The parts of an HF config.json the Llama-family decoder needs."""
+    """The parts of an HF config.json the decoder needs: Llama's fields, then the per-family
+    switches (engine/family_config.py reads them; their defaults are Llama's)."""
 
     model_type: str
     vocab_size: int
@@ -41,6 +46,38 @@ class ModelConfig:
     eos_token_ids: list[int]
     bos_token_id: int | None
     torch_dtype: str | None
+    sliding_layers: tuple[bool, ...] = ()
+    """Per layer: whether it is a sliding layer, attending within `sliding_window` when set
+    (Gemma alternates sliding and global layers; other families window every layer or none)
+    and rotated with `local_rope_theta` when set."""
+    local_rope_theta: float | None = None
+    """RoPE base of the sliding layers where it differs from rope_theta (Gemma 3)."""
+    qk_norm: bool = False
+    """RMSNorm over each head of q and of k before RoPE (q_norm/k_norm [head_dim]; Qwen3,
+    Gemma 3)."""
+    norm_plus_one: bool = False
+    """Norms scale by (1 + w) in float32 and round after the weight (Gemma)."""
+    hidden_act: str = "silu"
+    """The MLP's gate activation: silu | gelu_tanh (Gemma)."""
+    embed_scale: float | None = None
+    """Embeddings are multiplied by this, rounded to the model dtype as HF does (√hidden:
+    Gemma)."""
+    sandwich_norms: bool = False
+    """A norm on the attention output and pre/post feed-forward norms (Gemma)."""
+    attn_scale: float = 0.0
+    """Softmax scale of q·k: head_dim^-0.5, or query_pre_attn_scalar^-0.5 (Gemma)."""
+    attn_softcap: float | None = None
+    """Attention logits become c·tanh(s/c) before the mask (Gemma 2's attn_logit_softcapping)."""
+    final_softcap: float | None = None
+    """Output logits become c·tanh(s/c) (Gemma's final_logit_softcapping)."""
+    rotary_dim: int = 0
+    """Leading head dimensions rotated by RoPE (head_dim × partial_rotary_factor; Phi-3)."""
+    fused_checkpoint: bool = False
+    """The checkpoint stores q/k/v and gate/up fused as qkv_proj / gate_up_proj (Phi-3)."""
+    num_experts: int = 0
+    """MoE experts per layer (Mixtral's num_local_experts); 0: a dense MLP."""
+    num_experts_per_tok: int = 0
+    """Experts each token is routed to (top-k of the softmax router; Mixtral)."""
 
     @classmethod
     def from_dir(cls, model_dir: str) -> ModelConfig:
@@ -55,20 +92,20 @@ class ModelConfig:
     def from_dict(cls, cfg: dict, generation_config_dir: str | None = None) -> ModelConfig:
         mt = cfg.get("model_type")
         if mt not in SUPPORTED_ARCHS:
+            hint = (" (Gemma 3: serve its text-only checkpoint, gemma3_text)"
+                    if mt == "gemma3" else "")
             raise ValueError(
-                f"unsupported model_type {mt!r}; supported: {', '.join(sorted(SUPPORTED_ARCHS))}"
+                f"unsupported model_type {mt!r}{hint}; supported: "
+                f"{', '.join(sorted(SUPPORTED_ARCHS))}"
             )
         heads = cfg["num_attention_heads"]
         hidden = cfg["hidden_size"]
-        rope_scaling = cfg.get("rope_scaling")
-        # transformers 5 moves rope settings into `rope_parameters`.
-        rope_params = cfg.get("rope_parameters") or {}
-        rope_theta = cfg.get("rope_theta", rope_params.get("rope_theta", 10000.0))
-        if rope_scaling is None and rope_params.get("rope_type", "default") != "default":
-            rope_scaling = rope_params
+        head_dim = cfg.get("head_dim") or hidden // heads
+        rope_theta, rope_scaling, local_theta = rope_settings(mt, cfg)
         sliding = cfg.get("sliding_window")
-        if mt == "qwen2" and not cfg.get("use_sliding_window", False):
+        if mt in ("qwen2", "qwen3") and not cfg.get("use_sliding_window", False):
             sliding = None
+        layers = cfg["num_hidden_layers"]
         eos = cfg.get("eos_token_id")
         eos_ids = _as_list(eos)
         if generation_config_dir:
@@ -82,15 +119,15 @@ class ModelConfig:
             vocab_size=cfg["vocab_size"],
             hidden_size=hidden,
             intermediate_size=cfg["intermediate_size"],
-            num_hidden_layers=cfg["num_hidden_layers"],
+            num_hidden_layers=layers,
             num_attention_heads=heads,
             num_key_value_heads=cfg.get("num_key_value_heads") or heads,
-            head_dim=cfg.get("head_dim") or hidden // heads,
+            head_dim=head_dim,
             rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
             rope_theta=float(rope_theta),
             rope_scaling=rope_scaling,
             max_position_embeddings=cfg.get("max_position_embeddings", 2048),
-            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", mt in GEMMA)),
             attention_bias=(mt == "qwen2") or bool(cfg.get("attention_bias", False)),
             o_bias=(mt != "qwen2") and bool(cfg.get("attention_bias", False)),
             mlp_bias=bool(cfg.get("mlp_bias", False)),
@@ -98,6 +135,9 @@ class ModelConfig:
             eos_token_ids=eos_ids,
             bos_token_id=cfg.get("bos_token_id"),
             torch_dtype=cfg.get("torch_dtype") or cfg.get("dtype"),
+            sliding_layers=sliding_layers(mt, cfg, sliding, layers),
+            local_rope_theta=local_theta,
+            **family_fields(mt, cfg, head_dim, hidden),
         )
 
     @property
@@ -107,6 +147,35 @@ class ModelConfig:
     @property
     def kv_size(self) -> int:
         return self.num_key_value_heads * self.head_dim
+
+    def module_sizes(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Input and output width of every adapter-targetable HF module: q/k/v/o and
+        gate/up/down, plus the fused qkv_proj / gate_up_proj of fused checkpoints (Phi-3)."""
+        h, q, kv, i = self.hidden_size, self.q_size, self.kv_size, self.intermediate_size
+        ins = {"q_proj": h, "k_proj": h, "v_proj": h, "o_proj": q,
+               "gate_proj": h, "up_proj": h, "down_proj": i}
+        outs = {"q_proj": q, "k_proj": kv, "v_proj": kv, "o_proj": h,
+                "gate_proj": i, "up_proj": i, "down_proj": h}
+        if self.num_experts:  # Mixtral: experts replace the MLP and take no adapters
+            for name in ("gate_proj", "up_proj", "down_proj"):
+                del ins[name], outs[name]
+        if self.fused_checkpoint:
+            ins.update(qkv_proj=h, gate_up_proj=h)
+            outs.update(qkv_proj=q + 2 * kv, gate_up_proj=2 * i)
+        return ins, outs
+
+    @property
+    def global_window(self) -> int | None:
+        """The window of the step's main attention mask: set only when every layer slides."""
+        every = bool(self.sliding_layers) and all(self.sliding_layers)
+        return self.sliding_window if every else None
+
+    @property
+    def local_window(self) -> int | None:
+        """The window of a second mask for the sliding layers of a model that mixes sliding
+        and global layers (Gemma); None otherwise."""
+        mixed = any(self.sliding_layers) and not all(self.sliding_layers)
+        return self.sliding_window if mixed else None
 
 
 def _as_list(v) -> list[int]:

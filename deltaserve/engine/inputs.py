@@ -28,8 +28,13 @@ def build_inputs(
     block_size: int,
     sliding_window: int | None,
     device: torch.device,
+    local_window: int | None = None,
 ) -> StepInputs:
-    """rows: (sequence, tokens to compute this step); tables: the block table of each row."""
+    """rows: (sequence, tokens to compute this step); tables: the block table of each row.
+
+    sliding_window: the window of every layer (None: global attention); local_window: the
+    window of the sliding layers of a model that mixes both, given in `attn.local`.
+    """
     bs = block_size
     ids, pos, slots, last = [], [], [], []
     starts, q_lens = [], []
@@ -43,20 +48,25 @@ def build_inputs(
         starts.append(start)
         q_lens.append(n)
     slot_t = torch.tensor(slots, dtype=torch.long, device=device)
-    decodes = [i for i, n in enumerate(q_lens) if n == 1]
-    if 0 < len(decodes) < len(rows):
-        # A chunked-prefill step: decode rows and prompt chunks attend separately, so the
-        # decodes keep their kernel and are not padded to the chunks' query length.
-        attn = _mixed_meta(starts, q_lens, tables, last, decodes, slot_t, bs, sliding_window,
-                           device)
-    else:
-        attn = _attention_meta(starts, q_lens, tables, slot_t, bs, sliding_window, device)
+    attn = _step_meta(starts, q_lens, tables, last, slot_t, bs, sliding_window, device)
+    if local_window:  # per-layer windows (Gemma): the sliding layers' own metadata
+        attn.local = _step_meta(starts, q_lens, tables, last, slot_t, bs, local_window, device)
     return StepInputs(
         torch.tensor(ids, dtype=torch.long, device=device),
         torch.tensor(pos, dtype=torch.long, device=device),
         torch.tensor(last, dtype=torch.long, device=device),
         attn,
     )
+
+
+def _step_meta(starts, q_lens, tables, last, slots: torch.Tensor, bs: int,
+               sliding_window: int | None, dev: torch.device) -> AttentionMeta:
+    decodes = [i for i, n in enumerate(q_lens) if n == 1]
+    if 0 < len(decodes) < len(q_lens):
+        # A chunked-prefill step: decode rows and prompt chunks attend separately, so the
+        # decodes keep their kernel and are not padded to the chunks' query length.
+        return _mixed_meta(starts, q_lens, tables, last, decodes, slots, bs, sliding_window, dev)
+    return _attention_meta(starts, q_lens, tables, slots, bs, sliding_window, dev)
 
 
 def _mixed_meta(starts, q_lens, tables, last, decodes, slots: torch.Tensor, bs: int,

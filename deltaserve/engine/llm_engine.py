@@ -26,7 +26,7 @@ from deltaserve.engine.kv_cache import BlockAllocator, KVCache, kv_bytes_per_blo
 from deltaserve.engine.model_runner import ModelRunner
 from deltaserve.engine.models.loader import load_model
 from deltaserve.engine.ops import lora_cpu
-from deltaserve.engine.ops.lora import tune_shrink
+from deltaserve.engine.ops.lora import FUSED_MODULES, tune_shrink
 from deltaserve.engine.outputs import CompletionOutput, RequestOutput, TokenLogprob
 from deltaserve.engine.prefix_cache import base_identity, root_key
 from deltaserve.engine.protocol import EngineStats
@@ -155,7 +155,9 @@ class LLMEngine:
     def _max_lora_bytes(self) -> int:
         """Device bytes of the largest LoRA accepted: max_lora_rank on every module."""
         ins, outs = self.model.in_sizes(), self.model.out_sizes()
-        per_rank = sum(ins[m] + outs[m] for m in ins) * self.model_config.num_hidden_layers
+        # A fused module's LoRA (Phi-3) is stored as its parts: count the parts only.
+        per_rank = sum(ins[m] + outs[m] for m in ins if m not in FUSED_MODULES)
+        per_rank *= self.model_config.num_hidden_layers
         elem = torch.tensor([], dtype=self.dtype).element_size()
         return self.config.max_lora_rank * per_rank * elem
 

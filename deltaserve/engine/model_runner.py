@@ -14,7 +14,7 @@ from deltaserve.engine.config import ModelConfig
 from deltaserve.engine.grammar import apply_bitmask
 from deltaserve.engine.inputs import StepInputs, build_inputs
 from deltaserve.engine.kv_cache import KVCache
-from deltaserve.engine.models.llama import LlamaForCausalLM
+from deltaserve.engine.models.decoder import CausalLM
 from deltaserve.engine.ops.lora import LoRARows, LoRAStack
 from deltaserve.engine.ops.sparse_delta import DeltaRows, SparseDeltaStack
 from deltaserve.engine.proxy_runner import ProxyRunner
@@ -26,7 +26,7 @@ from deltaserve.engine.scheduler import SchedulerOutput
 class ModelRunner:
     def __init__(
         self,
-        model: LlamaForCausalLM,
+        model: CausalLM,
         cfg: ModelConfig,
         kv: KVCache,
         pool: AdapterPool,
@@ -76,7 +76,8 @@ class ModelRunner:
     def prepare(self, sched: SchedulerOutput) -> StepInputs:
         rows = [(it.seq, it.num_new_tokens) for it in sched.scheduled]
         return build_inputs(rows, [it.seq.block_table for it in sched.scheduled],
-                            self.block_size, self.cfg.sliding_window, self.device)
+                            self.block_size, self.cfg.global_window, self.device,
+                            self.cfg.local_window)
 
     # ---- adapters -----------------------------------------------------------------------
     def _adapter_batch(self, sched: SchedulerOutput, protected: set[str]) -> AdapterBatch | None:

@@ -127,7 +127,8 @@ class ProxyRunner:
         (with prompt_positions=n: [len(ents) * n, V], positions 0..n-1 of each entry)."""
         seqs = [(e[2].seq, e[2].num_new_tokens) for e in ents]
         tables = [sm.tables[(e[2].seq.seq_id, e[1])] for e in ents]
-        inputs = build_inputs(seqs, tables, self.block_size, sm.cfg.sliding_window, self.device)
+        inputs = build_inputs(seqs, tables, self.block_size, sm.cfg.global_window, self.device,
+                              sm.cfg.local_window)
         batch = self._lora_batch(sm, ents)
         index = inputs.logits_index
         if prompt_positions is not None:

@@ -18,11 +18,12 @@ import torch
 from safetensors import safe_open
 
 from deltaserve.engine.adapters.base import AdapterError
-from deltaserve.engine.ops.lora import TARGET_MODULES, LoRATensors
+from deltaserve.engine.ops.lora import FUSED_MODULES, TARGET_MODULES, LoRATensors
 
 _KEY = re.compile(
     r"^(?:base_model\.model\.)?model\.layers\.(\d+)\.(?:self_attn|mlp)\."
-    r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)\.lora_([AB])(?:\.[^.]+)?\.weight$"
+    r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj|qkv_proj|gate_up_proj)"
+    r"\.lora_([AB])(?:\.[^.]+)?\.weight$"
 )
 
 
@@ -79,13 +80,19 @@ def _check_supported(cfg: dict) -> None:
         raise AdapterError(f"LoRA bias={cfg['bias']!r} is not supported (only 'none')")
     if cfg.get("modules_to_save"):
         raise AdapterError("modules_to_save (fully trained extra modules) is not supported")
+    if cfg.get("target_parameters"):
+        raise AdapterError(
+            f"LoRA on parameters (target_parameters {cfg['target_parameters']}, e.g. the MoE "
+            "experts of Mixtral, which PEFT saves this way) is not served: only LoRA on "
+            f"modules {sorted(TARGET_MODULES)}"
+        )
     targets = cfg.get("target_modules")
     names = [targets] if isinstance(targets, str) else list(targets or [])
     bad = [t for t in names if t.split(".")[-1] not in TARGET_MODULES and not _is_regex(t)]
     if bad:
         raise AdapterError(
             f"unsupported target modules {bad}: supported are {sorted(TARGET_MODULES)}"
-            " (embedding and lm_head LoRA are not served)"
+            " (embedding, lm_head and MoE expert/router LoRA are not served)"
         )
 
 
@@ -133,7 +140,8 @@ def load_lora(
             for key in f.keys():
                 m = _KEY.match(key)
                 if m is None:
-                    raise AdapterError(f"unsupported tensor {key!r} in adapter (only q/k/v/o/gate/up/down LoRA)")
+                    raise AdapterError(f"unsupported tensor {key!r} in adapter (only LoRA on "
+                                          f"{', '.join(sorted(TARGET_MODULES))})")
                 layer, module, ab = int(m.group(1)), m.group(2), m.group(3)
                 pairs.setdefault((layer, module), {})[ab] = f.get_tensor(key)
                 full_names[(layer, module)] = m.group(0).split(".lora_")[0].removeprefix("base_model.model.")
@@ -150,7 +158,13 @@ def load_lora(
         rank = a.shape[0]
         max_seen = max(max_seen, rank)
         scale = _scaling(cfg, full_names[(layer, module)], rank)
-        tensors[(layer, module)] = (a.float().contiguous(), (b.float() * scale).contiguous())
+        a, b = a.float().contiguous(), b.float() * scale
+        parts = FUSED_MODULES.get(module, (module,))
+        # A fused module's LoRA (Phi-3's qkv_proj): each part keeps A, B's rows are split.
+        for part, b_part in zip(parts, b.split([out_sizes[m] for m in parts]), strict=True):
+            if (layer, part) in tensors:
+                raise AdapterError(f"layer {layer}: {part} is adapted twice (also via {module})")
+            tensors[(layer, part)] = (a, b_part.contiguous())
     return LoRAAdapter(name, max_seen, tensors)
 
 
@@ -158,6 +172,9 @@ def _check_pair(layer, module, ab, in_sizes, out_sizes, num_layers, max_rank):
     where = f"layer {layer} {module}"
     if layer >= num_layers:
         raise AdapterError(f"{where}: the base model has only {num_layers} layers")
+    if module not in in_sizes:
+        raise AdapterError(f"{where}: the base model has no module {module} (qkv_proj and "
+                           "gate_up_proj exist only in fused checkpoints such as Phi-3's)")
     if set(ab) != {"A", "B"}:
         raise AdapterError(f"{where}: lora_A and lora_B must both be present")
     a, b = ab["A"], ab["B"]

@@ -27,7 +27,7 @@ from deltaserve.engine.adapters.base import AdapterError
 from deltaserve.engine.adapters.lora import LoRAAdapter, load_lora
 from deltaserve.engine.config import ModelConfig
 from deltaserve.engine.kv_cache import BlockAllocator, KVCache, kv_bytes_per_block
-from deltaserve.engine.models.llama import LlamaForCausalLM
+from deltaserve.engine.models.decoder import CausalLM
 from deltaserve.engine.models.loader import load_model
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class SmallModel:
 
     path: str
     cfg: ModelConfig
-    model: LlamaForCausalLM
+    model: CausalLM
     kv: KVCache
     blocks: BlockAllocator
     nbytes: int
@@ -154,7 +154,9 @@ def content_key(path: str) -> str:
 
 def _param_count(c: ModelConfig) -> int:
     h, i, q, kv = c.hidden_size, c.intermediate_size, c.q_size, c.kv_size
-    layer = h * (q + 2 * kv) + q * h + 3 * h * i + 2 * h
+    # Mixtral: every expert is an MLP, plus the router; Gemma's two extra norms are noise.
+    ffn = (c.num_experts * 3 * h * i + c.num_experts * h) if c.num_experts else 3 * h * i
+    layer = h * (q + 2 * kv) + q * h + ffn + 2 * h
     head = 0 if c.tie_word_embeddings else c.vocab_size * h
     return c.vocab_size * h + head + c.num_hidden_layers * layer + h
 

@@ -4,7 +4,8 @@ Directory: `deltaserve_adapter.json` ({"kind": "sparse_delta", "weights": "delta
 ...}) and the safetensors file with, per changed projection P (HF name, e.g.
 `model.layers.0.self_attn.q_proj.weight`), `P.indices` (1-D int32/int64, flat row-major
 positions in P) and `P.values` (1-D float, rescaling already applied). Only the q/k/v/o and
-gate/up/down projections can be served: a delta of embeddings, lm_head or a norm is refused.
+gate/up/down projections can be served — or, for fused checkpoints (Phi-3), qkv_proj and
+gate_up_proj, split on load by rows: a delta of embeddings, lm_head or a norm is refused.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ import torch
 from safetensors import safe_open
 
 from deltaserve.engine.adapters.base import AdapterError
+from deltaserve.engine.ops.lora import FUSED_MODULES
 from deltaserve.engine.ops.sparse_delta import DeltaTensors
 
 KIND_FILE = "deltaserve_adapter.json"
 _KEY = re.compile(
     r"^model\.layers\.(\d+)\.(?:self_attn|mlp)\."
-    r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)\.weight\.(indices|values)$"
+    r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj|qkv_proj|gate_up_proj)"
+    r"\.weight\.(indices|values)$"
 )
 
 
@@ -94,8 +97,8 @@ def load_sparse_delta(
                 if m is None:
                     raise AdapterError(
                         f"unsupported tensor {key!r} in sparse delta: only the q/k/v/o/gate/up/"
-                        "down projection weights can be served as a delta (embeddings, lm_head "
-                        "and norms cannot)"
+                        "down (or fused qkv/gate_up) projection weights can be served as a "
+                        "delta (embeddings, lm_head, norms and MoE experts/routers cannot)"
                     )
                 parts.setdefault((int(m.group(1)), m.group(2)), {})[m.group(3)] = f.get_tensor(key)
     except AdapterError:
@@ -104,14 +107,39 @@ def load_sparse_delta(
         raise AdapterError(f"cannot read sparse delta weights: {e}") from None
     tensors: DeltaTensors = {}
     for (layer, module), p in sorted(parts.items()):
-        tensors[(layer, module)] = _check_part(layer, module, p, in_sizes, out_sizes, num_layers)
+        idx, val = _check_part(layer, module, p, in_sizes, out_sizes, num_layers)
+        for part, piece in _split_fused(module, idx, val, in_sizes, out_sizes).items():
+            if (layer, part) in tensors:
+                raise AdapterError(f"layer {layer}: {part} has two deltas (also via {module})")
+            tensors[(layer, part)] = piece
     return SparseDeltaAdapter(name, tensors, cfg)
+
+
+def _split_fused(module: str, idx: torch.Tensor, val: torch.Tensor, in_sizes, out_sizes
+                 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """A fused module's delta (Phi-3's qkv_proj [q + 2kv, d_in]) as one delta per part: each
+    part owns a block of rows, so its flat indices are the fused ones minus the block's start
+    (still ascending). Any other module: itself."""
+    parts = FUSED_MODULES.get(module)
+    if parts is None:
+        return {module: (idx, val)}
+    d_in, out, row0 = in_sizes[module], {}, 0
+    for part in parts:
+        lo, hi = row0 * d_in, (row0 + out_sizes[part]) * d_in
+        keep = (idx >= lo) & (idx < hi)
+        if bool(keep.any()):
+            out[part] = ((idx[keep] - lo).contiguous(), val[keep].contiguous())
+        row0 += out_sizes[part]
+    return out
 
 
 def _check_part(layer, module, p, in_sizes, out_sizes, num_layers) -> tuple[torch.Tensor, torch.Tensor]:
     where = f"layer {layer} {module}"
     if layer >= num_layers:
         raise AdapterError(f"{where}: the base model has only {num_layers} layers")
+    if module not in in_sizes:
+        raise AdapterError(f"{where}: the base model has no module {module} (qkv_proj and "
+                           "gate_up_proj exist only in fused checkpoints such as Phi-3's)")
     if set(p) != {"indices", "values"}:
         raise AdapterError(f"{where}: .indices and .values must both be present")
     idx, val = p["indices"], p["values"]

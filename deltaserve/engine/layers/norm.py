@@ -24,3 +24,25 @@ class RMSNorm(torch.nn.Module):
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * xf.to(dtype)
+
+
+class OffsetRMSNorm(torch.nn.Module):
+    """Gemma's RMSNorm: the weight w is stored as an offset, the scale is (1 + w), applied in
+    float32 before rounding to the model dtype (Llama rounds first). PyTorch only: the CPU
+    kernel rounds where Llama does."""
+
+    def __init__(self, hidden: int, eps: float):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(hidden), requires_grad=False)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (xf * (1.0 + self.weight.float())).to(x.dtype)
+
+
+def make_norm(cfg, hidden: int) -> torch.nn.Module:
+    """The family's norm over `hidden` features (cfg: ModelConfig)."""
+    cls = OffsetRMSNorm if cfg.norm_plus_one else RMSNorm
+    return cls(hidden, cfg.rms_norm_eps)

@@ -12,8 +12,7 @@ import torch
 from safetensors import safe_open
 
 from deltaserve.engine.config import ModelConfig
-from deltaserve.engine.layers.rope import RotaryEmbedding
-from deltaserve.engine.models.llama import LlamaForCausalLM
+from deltaserve.engine.models.decoder import CausalLM
 
 logger = logging.getLogger(__name__)
 
@@ -48,11 +47,11 @@ def _target(name: str) -> tuple[str, int | None, str]:
 
 def load_model(
     model_dir: str, cfg: ModelConfig, max_positions: int, device: torch.device, dtype: torch.dtype
-) -> LlamaForCausalLM:
+) -> CausalLM:
     with torch.device("meta"):
-        model = LlamaForCausalLM(cfg, max_positions, torch.device("meta"))
+        model = CausalLM(cfg, max_positions, torch.device("meta"))
     model = model.to_empty(device=device).to(dtype)
-    model.model.rotary = RotaryEmbedding(cfg, max_positions, device)
+    model.model.build_rotary(max_positions, device)
     params = dict(model.named_parameters())
     loaded: dict[str, set[int | None]] = {}
     for path in safetensors_files(model_dir):

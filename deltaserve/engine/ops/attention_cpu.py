@@ -8,7 +8,7 @@ own block table, reads each of its keys and values once for the query heads that
 (GQA), and keeps scores, softmax and the weighted sum in float32. One work item is one
 (sequence, KV head).
 
-Plain C compiled at start-up (ops/cpu_build.py). `layers.attention._decode_attention` on the
+Plain C compiled at start-up (ops/cpu_build.py). `layers.attention._eager_attention` on the
 gathered cache is its test oracle.
 """
 
@@ -150,8 +150,9 @@ def supports(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
 
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                      block_tables: torch.Tensor, block_size: int,
-                     key_ranges: torch.Tensor) -> torch.Tensor:
+                     key_ranges: torch.Tensor, scale: float | None = None) -> torch.Tensor:
     """Attention of one query per sequence over its cached keys. Returns [B, H*D].
+    scale: of q·k (default D^-0.5; Gemma's query_pre_attn_scalar^-0.5).
 
     q: [B, H, D]; k_cache, v_cache: [Hkv, slots, D] contiguous; block_tables: [B, nb] int64;
     key_ranges: [B, 2] int64, the keys [lo, hi) each sequence attends to (hi > lo).
@@ -169,5 +170,5 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     getattr(_library(), _FUNCS[q.dtype])(
         q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), tables.data_ptr(),
         tables.shape[1], ranges.data_ptr(), out.data_ptr(), bsz, heads, hkv, d, block_size,
-        slots, d**-0.5, scratch.data_ptr(), lmax, threads)
+        slots, d**-0.5 if scale is None else scale, scratch.data_ptr(), lmax, threads)
     return out

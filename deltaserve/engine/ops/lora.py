@@ -23,7 +23,11 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "down": ("down_proj",),
 }
 MODULE_GROUP = {name: g for g, names in GROUPS.items() for name in names}
-TARGET_MODULES = frozenset(MODULE_GROUP)
+# Checkpoints that store a group fused (Phi-3) name it so; adapters on it (PEFT's names for
+# Phi-3) are split on load into these parts, in output order.
+FUSED_MODULES: dict[str, tuple[str, ...]] = {"qkv_proj": GROUPS["qkv"],
+                                             "gate_up_proj": GROUPS["gate_up"]}
+TARGET_MODULES = frozenset(MODULE_GROUP) | frozenset(FUSED_MODULES)
 
 # One adapter's weights: (layer, module) -> (A [r, d_in], B [d_out, r] with the scaling folded in).
 LoRATensors = dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]

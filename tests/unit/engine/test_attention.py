@@ -63,3 +63,42 @@ def test_decode_step_matches_naive_attention(heads, dtype, tol, kernel, window, 
         want = _reference(q[b], k_cache[:, ctx].transpose(0, 1), v_cache[:, ctx].transpose(0, 1),
                           heads)
         torch.testing.assert_close(out[b].float(), want, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize(("scale", "softcap"), [(0.3, None), (0.3, 2.0), (None, 1.5)])
+@pytest.mark.parametrize("decode", [True, False], ids=["decode", "prefill"])
+def test_scale_and_softcap_match_naive_attention(scale, softcap, decode, monkeypatch):
+    """A per-layer q·k scale (Gemma's query_pre_attn_scalar) and logit soft-capping (Gemma 2):
+    the CPU kernel takes the scale; soft-capped layers bypass it for the eager path."""
+    calls = []
+    real = attention_cpu.decode_attention
+    monkeypatch.setattr(attention_cpu, "decode_attention",
+                        lambda *a: (calls.append(1), real(*a))[1])
+    g = torch.Generator().manual_seed(3)
+    heads, n = 4, 6  # one sequence of n tokens in block table [0, 1]
+    q_len = 1 if decode else n
+    k_cache = torch.zeros(HKV, BLOCKS * BS, D)
+    v_cache = torch.zeros(HKV, BLOCKS * BS, D)
+    k_ctx, v_ctx = torch.randn(n, HKV, D, generator=g) * 3, torch.randn(n, HKV, D, generator=g)
+    k_cache[:, : n - q_len] = k_ctx[: n - q_len].transpose(0, 1)
+    v_cache[:, : n - q_len] = v_ctx[: n - q_len].transpose(0, 1)
+    q = torch.randn(q_len, heads, D, generator=g) * 3
+    k_pos, q_pos = torch.arange(2 * BS), torch.arange(n - q_len, n)
+    mask = (k_pos[None, :] <= q_pos[:, None]).view(1, 1, q_len, -1)
+    meta = AttentionMeta(slot_mapping=torch.arange(n - q_len, n), block_tables=torch.tensor([[0, 1]]),
+                         block_size=BS, mask=mask, decode_only=decode)
+    if decode:
+        meta.key_ranges = torch.tensor([[0, n]])
+    else:
+        meta.q_index, meta.out_index = torch.arange(q_len).view(1, -1), torch.arange(q_len)
+    out = paged_attention(q, k_ctx[n - q_len:], v_ctx[n - q_len:], k_cache, v_cache, meta, heads,
+                          scale, softcap)
+    assert len(calls) == int(decode and softcap is None)
+    k = k_ctx.repeat_interleave(heads // HKV, dim=1)  # [n, H, D]
+    v = v_ctx.repeat_interleave(heads // HKV, dim=1)
+    s = torch.einsum("qhd,lhd->hql", q, k) * (D**-0.5 if scale is None else scale)
+    if softcap is not None:
+        s = softcap * torch.tanh(s / softcap)
+    s = s.masked_fill(~mask.view(1, q_len, -1)[..., :n], float("-inf"))
+    want = torch.einsum("hql,lhd->qhd", s.softmax(-1), v).reshape(q_len, -1)
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
