@@ -7,9 +7,10 @@ import json
 import pytest
 import torch
 
+from deltaserve.engine.models.loader import _target
 from deltaserve.engine.quant.linear import QuantLinear
-from deltaserve.engine.quant.loading import resolve
-from deltaserve.engine.quant.quantize import quantize_int4, quantize_int8
+from deltaserve.engine.quant.loading import QuantLoader, resolve
+from deltaserve.engine.quant.quantize import int4_group_size, quantize_int4, quantize_int8
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -62,3 +63,23 @@ def test_resolve_follows_the_checkpoint(tmp_path):
 def test_resolve_refuses_clearly(tmp_path, requested, qc, match):
     with pytest.raises(ValueError, match=match):
         resolve(requested, _model_dir(tmp_path, qc))
+
+
+def test_int4_groups_must_divide_the_in_features():
+    assert int4_group_size(64) == 64 and int4_group_size(384) == 128
+    with pytest.raises(ValueError, match="divisible by 128"):
+        int4_group_size(200)
+
+
+def test_packed_checkpoints_refuse_what_they_cannot_hold():
+    loader = QuantLoader("gptq", {"bits": 4, "group_size": 128}, torch.float32, _target)
+    assert not loader.take("model.embed_tokens.weight", lambda: torch.zeros(1))
+    assert loader.take("model.layers.0.self_attn.q_proj.qweight", lambda: torch.zeros(1))
+    with pytest.raises(ValueError, match="full-precision projection inside a gptq"):
+        loader.take("model.layers.0.mlp.down_proj.weight", lambda: torch.zeros(1))
+    for qc, match in (({"bits": 3}, "3 bits"), ({"bits": 4, "checkpoint_format": "marlin"},
+                                                "'marlin'")):
+        with pytest.raises(ValueError, match=match):
+            QuantLoader("gptq", qc, torch.float32, _target)
+    with pytest.raises(ValueError, match="4-bit GEMM"):
+        QuantLoader("awq", {"bits": 4, "version": "gemv"}, torch.float32, _target)
