@@ -2,7 +2,7 @@
 `deltaserve serve` subprocess started with default flags and driven by concurrent HTTP clients,
 beside the offline engine, HF PEFT and vLLM-CPU, and the matmul-only bound measured first.
 
-    python -m benchmarks.bench [--out DIR] [--variants W-base,W-8,W,W-delta,W-proxy]
+    python -m benchmarks.bench [--out DIR] [--variants W-base,W-8,W,W-delta,W-proxy,W-int8]
         [--engines served,offline,peft,vllm] [--small] [--vllm-python PATH] [--update-readme]
 
 Prints each row as it is measured, then the table and the issue's targets (pass / fail);
@@ -32,7 +32,7 @@ from benchmarks import (
     vllm_cpu,
     workload,
 )
-from benchmarks.common import VARIANTS, RunResult
+from benchmarks.common import DEFAULT_VARIANTS, VARIANTS, RunResult
 from benchmarks.run_w import FULL_DEFAULTS, SMALL_DEFAULTS, _csv
 
 ENGINES = ("served", "offline", "peft", "vllm")
@@ -43,8 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("bench-out"),
                    help="assets (cached), results.json, served.png, server logs (default bench-out)")
-    p.add_argument("--variants", type=_csv(list(VARIANTS)), default=list(VARIANTS),
-                   help="comma-separated subset of W-base,W-8,W,W-delta,W-proxy (default: all)")
+    p.add_argument("--variants", type=_csv(list(VARIANTS)), default=list(DEFAULT_VARIANTS),
+                   help="comma-separated subset of W-base,W-8,W,W-delta,W-proxy,W-int8 (W on an "
+                        "int8 base; default: all but W-int8)")
     p.add_argument("--engines", type=_csv(ENGINES), default=list(ENGINES),
                    help="comma-separated subset of served,offline,peft,vllm (default: all)")
     p.add_argument("--small", action="store_true",

@@ -11,8 +11,13 @@ from dataclasses import dataclass, field
 # W-8 caps at the workload's adapter count so a --small run (4 adapters) still works.
 # W-delta: a quarter of the requests use 8 sparse deltas (10% density), the rest the base.
 # W-proxy: a quarter of the requests use 2 proxy adapters (experts sharing one anti-expert).
+# W-int8: W's traffic over the base quantized to int8 at load (--quantization int8).
 VARIANTS: dict[str, int | None] = {"W-base": 0, "W-8": 8, "W": None, "W-delta": 8,
-                                   "W-proxy": 2}
+                                   "W-proxy": 2, "W-int8": None}
+QUANTIZED_VARIANTS: dict[str, str] = {"W-int8": "int8"}
+"""Variants on a quantized base -> its --quantization; deltaserve only, and run only when
+asked for (--variants W-int8): they are not in DEFAULT_VARIANTS."""
+DEFAULT_VARIANTS = [v for v in VARIANTS if v not in QUANTIZED_VARIANTS]
 DELTA_VARIANTS = frozenset({"W-delta"})
 PROXY_VARIANTS = frozenset({"W-proxy"})
 """Variants whose adapters are proxy adapters (benchmarks/proxy_assets.py); deltaserve only."""

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 from benchmarks import plans
 from benchmarks.common import (
+    QUANTIZED_VARIANTS,
     SAMPLE_REQUESTS,
     RunResult,
     adapters_in,
@@ -108,6 +109,7 @@ def _measure(
             max_num_seqs=len(prompts),
             device=device,
             mixed_prefill_decode=mixed_prefill_decode,
+            quantization=QUANTIZED_VARIANTS.get(res.variant),
         )
     )
 

@@ -13,6 +13,7 @@ from benchmarks import machine
 from benchmarks.common import (
     DELTA_VARIANTS,
     PROXY_VARIANTS,
+    QUANTIZED_VARIANTS,
     SAMPLE_REQUESTS,
     RunResult,
     adapters_in,
@@ -84,6 +85,9 @@ def run(
         return res
     if variant in PROXY_VARIANTS:
         res.error = "PEFT cannot serve proxy adapters (no baseline for this variant)"
+        return res
+    if variant in QUANTIZED_VARIANTS:
+        res.error = "no PEFT row for a quantized base (compare with PEFT's W)"
         return res
     model = load_model(assets, k, device)
     names = None

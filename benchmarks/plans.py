@@ -1,7 +1,7 @@
 """Which adapter each request of a variant uses — one plan for every engine (offline engine,
 served HTTP, PEFT, vLLM), so they all run the same traffic.
 
-    W-base: every request on the base          W-8 / W: request i on LoRA i mod k
+    W-base: every request on the base          W-8 / W / W-int8: request i on LoRA i mod k
     W-delta: every 4th request on one of 8 sparse deltas (round robin), the rest on the base
     W-proxy: every 4th request on one of 2 proxy adapters (round robin), the rest on the base
 """

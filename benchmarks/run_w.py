@@ -1,6 +1,6 @@
 """Workload W: deltaserve's engine vs HF PEFT mixed-adapter batching, in one run.
 
-    python -m benchmarks.run_w [--out DIR] [--variants W-base,W-8,W,W-delta,W-proxy] [--engines deltaserve,peft]
+    python -m benchmarks.run_w [--out DIR] [--variants W-base,W-8,W,W-delta,W-proxy,W-int8] [--engines deltaserve,peft]
         [--num-requests 64] [--prompt-len 64] [--gen-len 64] [--num-adapters 32] [--small]
         [--device auto|cpu|cuda] [--threads N] [--mixed-prefill-decode] [--update-readme]
 
@@ -21,7 +21,7 @@ import warnings
 from pathlib import Path
 
 from benchmarks import report, workload
-from benchmarks.common import ENGINES, VARIANTS, RunResult, adapters_in
+from benchmarks.common import DEFAULT_VARIANTS, ENGINES, VARIANTS, RunResult, adapters_in
 
 # --small: a smoke-size model and workload that runs in seconds (flags still override).
 SMALL_DEFAULTS = {"num_requests": 8, "prompt_len": 16, "gen_len": 8, "num_adapters": 4}
@@ -48,10 +48,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--out", default="bench-out",
                    help="where assets (cached) and results go (default: bench-out)")
-    p.add_argument("--variants", type=_csv(list(VARIANTS)), default=list(VARIANTS),
+    p.add_argument("--variants", type=_csv(list(VARIANTS)), default=list(DEFAULT_VARIANTS),
                    help="comma-separated variants: W-base (no adapters), W-8, W, W-delta (a quarter "
                    "of the requests on 8 sparse deltas of 10%% density), W-proxy (a quarter on 2 proxy adapters "
-                   "sharing one anti-expert) (default: all)")
+                   "sharing one anti-expert), W-int8 (W on the base quantized to int8 at load) "
+                   "(default: all but W-int8)")
     p.add_argument("--engines", type=_csv(ENGINES), default=list(ENGINES),
                    help="comma-separated engines (default: deltaserve,peft)")
     p.add_argument("--num-requests", type=int, help="requests, all in one batch (default 64)")

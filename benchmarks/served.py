@@ -2,7 +2,9 @@
 (no other flag: every default is the product's), driven over HTTP by one concurrent client per
 request (benchmarks/http_load.py). One server serves every variant of the run; its adapter
 directory holds, as symlinks, every adapter the variants use (LoRAs, sparse deltas, proxies),
-each under its own name, so the server reads them as an operator's --adapter-dir.
+each under its own name, so the server reads them as an operator's --adapter-dir. Variants on
+a quantized base (W-int8) get their own server, started with --quantization as the one extra
+flag.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks import http_load, plans
-from benchmarks.common import RunResult
+from benchmarks.common import QUANTIZED_VARIANTS, RunResult
 from benchmarks.server_proc import ServerProcess, free_port
 from benchmarks.workload import Assets
 
@@ -36,10 +38,13 @@ def layout_adapter_dir(root: Path, variant_plans: dict[str, plans.Plan]) -> Path
     return root
 
 
-def serve_command(assets: Assets, adapter_dir: Path, port: int) -> list[str]:
-    """`deltaserve serve` with only the model, the adapter directory and the port."""
+def serve_command(assets: Assets, adapter_dir: Path, port: int,
+                  quantization: str | None = None) -> list[str]:
+    """`deltaserve serve` with only the model, the adapter directory and the port (and the
+    base's --quantization for a quantized variant)."""
+    quant = [] if quantization is None else ["--quantization", quantization]
     return [sys.executable, "-m", "deltaserve.server.cli", "serve", "--model",
-            str(assets.base_dir), "--adapter-dir", str(adapter_dir), "--port", str(port)]
+            str(assets.base_dir), "--adapter-dir", str(adapter_dir), "--port", str(port), *quant]
 
 
 def models_info(base_url: str) -> tuple[str, str | None, set[str]]:
@@ -65,20 +70,37 @@ def run_all(assets: Assets, variants: list[str], prompts: list[list[int]], gen_l
             out: Path, progress: Callable[[str], None] = print,
             start_timeout: float = 600.0, repeats: int = 1) -> tuple[list[RunResult], dict]:
     """One RunResult per variant (error rows where the server or a variant failed), and
-    what the server reported: its command, log path, dtype and deltaserve_engine_info."""
+    what the server reported: its command, log path, dtype and deltaserve_engine_info (those
+    of a quantized base's server under "quantized", by method)."""
     variant_plans = {v: plans.plan(assets, v, len(prompts)) for v in variants}
     results = [RunResult(engine=ENGINE, variant=v, num_adapters=len(variant_plans[v].adapters),
                          num_requests=len(prompts), prompt_len=len(prompts[0]), gen_len=gen_len)
                for v in variants]
     adapter_dir = layout_adapter_dir(out / "served-adapters", variant_plans)
+    infos = {}
+    for quant in dict.fromkeys(QUANTIZED_VARIANTS.get(v) for v in variants):
+        rows = [r for r in results if QUANTIZED_VARIANTS.get(r.variant) == quant]
+        infos[quant] = _serve(assets, adapter_dir, quant, rows, variant_plans, prompts,
+                              gen_len, out, progress, start_timeout, repeats)
+    main = None if None in infos or not infos else next(iter(infos))
+    info = infos.pop(main, {})
+    if infos:
+        info["quantized"] = infos
+    return results, info
+
+
+def _serve(assets: Assets, adapter_dir: Path, quant: str | None, results: list[RunResult],
+           variant_plans: dict[str, plans.Plan], prompts: list[list[int]], gen_len: int,
+           out: Path, progress: Callable[[str], None], start_timeout: float,
+           repeats: int) -> dict:
+    """Measure `results` on one server (base quantized as `quant`); what it reported."""
     port = free_port()
-    cmd = serve_command(assets, adapter_dir, port)
-    info = {"command": "deltaserve " + " ".join(cmd[3:]), "log": str(out / "served-server.log"),
-            "dtype": None}
+    cmd = serve_command(assets, adapter_dir, port, quant)
+    log = out / ("served-server.log" if quant is None else f"served-server-{quant}.log")
+    info = {"command": "deltaserve " + " ".join(cmd[3:]), "log": str(log), "dtype": None}
     progress(f"[served] starting: {info['command']}")
     try:
-        with ServerProcess(cmd, port, out / "served-server.log",
-                           start_timeout=start_timeout) as srv:
+        with ServerProcess(cmd, port, log, start_timeout=start_timeout) as srv:
             base_id, info["dtype"], loaded = models_info(srv.base_url)
             info["engine_info"] = engine_info(httpx.get(srv.base_url + "/metrics").text)
             progress(f"[served] ready: base {base_id!r}, {len(loaded)} adapters, engine "
@@ -92,7 +114,7 @@ def run_all(assets: Assets, variants: list[str], prompts: list[list[int]], gen_l
             if not res.error and not res.generated_tokens:
                 res.error = f"server failed: {why}"
         progress(f"[served] {exc}")
-    return results, info
+    return info
 
 
 def _run_variant(base_url: str, res: RunResult, p: plans.Plan, base_id: str, loaded: set[str],

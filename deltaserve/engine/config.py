@@ -196,6 +196,12 @@ class EngineConfig:
     float32 — whatever the checkpoint's dtype (see engine/hardware.py)."""
     device: str = "auto"
     """auto | cpu | cuda."""
+    quantization: str | None = None
+    """Weight-only quantized base (vLLM's --quantization): none | int8 | int4 | gptq | awq.
+    None: what the checkpoint's config.json `quantization_config` names (gptq, awq), else
+    none. int8 (per-output-channel symmetric) and int4 (group-wise, groups of 128) quantize a
+    full-precision checkpoint at load; gptq / awq load such checkpoints. Decoder projections
+    only; adapters apply on top in the serving dtype (see engine/quant/)."""
     max_num_seqs: int = 64
     """Most sequences in one step (decode batch size)."""
     max_num_batched_tokens: int | None = None

@@ -58,7 +58,8 @@ class LLMEngine:
         mc = self.model_config
         self.max_model_len = min(config.max_model_len or mc.max_position_embeddings,
                                  mc.max_position_embeddings)
-        self.model = load_model(config.model, mc, self.max_model_len, self.device, self.dtype)
+        self.model = load_model(config.model, mc, self.max_model_len, self.device, self.dtype,
+                                config.quantization)
         rows = tune_shrink(self.device, self.dtype, mc.hidden_size)
         logger.info("LoRA shrink: transposed form up to %d rows per adapter on this machine", rows)
         if self.device.type == "cpu":  # compiled now, not in the first step

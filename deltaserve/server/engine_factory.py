@@ -38,6 +38,7 @@ def engine_config(settings: Settings):  # -> deltaserve.engine.config.EngineConf
         model=settings.model,
         dtype=settings.dtype,
         device=settings.device,
+        quantization=settings.quantization,
         max_num_seqs=settings.max_num_seqs,
         max_model_len=settings.max_model_len,
         max_loras=settings.max_loras or settings.max_gpu_adapters,
@@ -67,7 +68,8 @@ def build_engine(settings: Settings) -> EngineClient:
         return _build_vllm(settings)
     from deltaserve.engine.async_engine import AsyncLLMEngine
 
-    logger.info("loading %s (device=%s, dtype=%s)", settings.model, settings.device, settings.dtype)
+    logger.info("loading %s (device=%s, dtype=%s, quantization=%s)", settings.model, settings.device,
+                settings.dtype, settings.quantization or "auto")
     return AsyncLLMEngine(engine_config(settings))
 
 

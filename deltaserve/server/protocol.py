@@ -307,6 +307,9 @@ class ModelCard(BaseModel):
     max_model_len: int | None = None
     dtype: str | None = None
     """deltaserve extension, on the base's entry: the dtype the engine serves in."""
+    quantization: str | None = None
+    """deltaserve extension, on the base's entry: how the base's weights are held (none, int8,
+    int4, gptq, awq)."""
 
 
 class TokenizeRequest(_Request):

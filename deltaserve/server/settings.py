@@ -75,6 +75,13 @@ class Settings(BaseSettings):
         description="Weight/activation dtype (auto: bfloat16 on CUDA; on CPU bfloat16 only where "
         "the CPU computes it natively (AVX512-BF16 or AMX-BF16), else float32).",
     )
+    quantization: Literal["none", "int8", "int4", "gptq", "awq"] | None = Field(
+        None,
+        description="Weight-only quantized base (native engine; vLLM's flag name): int8/int4 "
+        "quantize a full-precision checkpoint at load, gptq/awq load such checkpoints, none "
+        "keeps full precision; unset = what the checkpoint's config.json quantization_config "
+        "names (gptq, awq), else none. Adapters apply on top in the serving dtype.",
+    )
     max_num_seqs: int = Field(
         64, ge=1, description="Most sequences in one engine step (batch size cap)."
     )

@@ -157,6 +157,13 @@ class ServerState:
             self._fingerprint = system_fingerprint(str(self.settings.model), name)
         return self._fingerprint
 
+    @property
+    def base_quantization(self) -> str | None:
+        """How the native engine loaded the base (none | int8 | int4 | gptq | awq); else the
+        --quantization asked for."""
+        model = getattr(getattr(self.engine, "engine", None), "model", None)
+        return getattr(model, "quantization", None) or self.settings.quantization
+
     def token_str(self, token_id: int) -> str:
         """The text of one token (as OpenAI's logprobs show it)."""
         text = self.token_text.get(token_id)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from deltaserve.engine.adapters.batch import AdapterBatch
+from deltaserve.engine.quant.linear import QuantLinear
 
 
 class AdapterLinear(torch.nn.Module):
@@ -17,7 +18,8 @@ class AdapterLinear(torch.nn.Module):
     whose adapter targets them.
 
     weight: [sum(out_sizes), in_features]. Sub-module i owns output columns
-    [offsets[i], offsets[i] + out_sizes[i]).
+    [offsets[i], offsets[i] + out_sizes[i]). A quantized base (engine/quant) sets `quant` and
+    drops `weight`; the adapters still apply on top, in the serving dtype.
     """
 
     def __init__(
@@ -33,16 +35,21 @@ class AdapterLinear(torch.nn.Module):
         self.layer_idx = layer_idx
         self.group = group
         self.names = names
+        self.in_features = in_features
         self.out_sizes = out_sizes
         self.offsets = [sum(out_sizes[:i]) for i in range(len(out_sizes))]
         total = sum(out_sizes)
+        self.quant: QuantLinear | None = None
         self.weight = torch.nn.Parameter(torch.empty(total, in_features), requires_grad=False)
         self.bias = (
             torch.nn.Parameter(torch.zeros(total), requires_grad=False) if bias else None
         )
 
     def forward(self, x: torch.Tensor, adapters: AdapterBatch | None) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias)  # [T, sum(out_sizes)]
+        if self.quant is None:
+            y = F.linear(x, self.weight, self.bias)  # [T, sum(out_sizes)]
+        else:
+            y = self.quant(x, self.bias)
         if adapters is not None:
             adapters.apply(self.layer_idx, self.group, x, y)
         return y

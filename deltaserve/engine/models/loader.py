@@ -13,6 +13,7 @@ from safetensors import safe_open
 
 from deltaserve.engine.config import ModelConfig
 from deltaserve.engine.models.decoder import CausalLM
+from deltaserve.engine.quant.loading import QuantLoader, resolve
 
 logger = logging.getLogger(__name__)
 
@@ -46,10 +47,16 @@ def _target(name: str) -> tuple[str, int | None, str]:
 
 
 def load_model(
-    model_dir: str, cfg: ModelConfig, max_positions: int, device: torch.device, dtype: torch.dtype
+    model_dir: str, cfg: ModelConfig, max_positions: int, device: torch.device, dtype: torch.dtype,
+    quantization: str | None = "none",
 ) -> CausalLM:
+    """quantization: engine/quant/loading.py METHODS, or None to follow the checkpoint."""
     with torch.device("meta"):
         model = CausalLM(cfg, max_positions, torch.device("meta"))
+    method, qc = resolve(quantization, model_dir)
+    quant = None if method == "none" else QuantLoader(method, qc, dtype, _target)
+    if quant is not None:
+        quant.strip(model)
     model = model.to_empty(device=device).to(dtype)
     model.model.build_rotary(max_positions, device)
     params = dict(model.named_parameters())
@@ -59,12 +66,17 @@ def load_model(
             for name in f.keys():
                 if _IGNORED.search(name) or (cfg.tie_word_embeddings and name == "lm_head.weight"):
                     continue
+                if quant is not None and quant.take(name, lambda n=name: f.get_tensor(n)):
+                    continue
                 pname, shard, _ = _target(name)
                 if pname not in params:
                     raise ValueError(f"unexpected tensor {name!r} in {os.path.basename(path)}")
                 _copy_into(params[pname], f.get_tensor(name), pname, shard, model)
                 loaded.setdefault(pname, set()).add(shard)
     _check_complete(params, loaded)
+    if quant is not None:
+        quant.finish(model, device)
+    model.quantization = method  # what the base was loaded as, for logs and /v1/models
     model.eval()
     return model
 

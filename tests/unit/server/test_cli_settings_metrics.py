@@ -130,3 +130,21 @@ def test_registries_are_per_app_and_engine_counters_are_optional() -> None:
     )
     assert 'deltaserve_adapter_cache_misses_total{tier="redis"} 1.0' in text_a
     assert 'deltaserve_adapter_load_seconds_count{tier="host"} 1.0' in text_a
+
+
+def test_quantization_flag_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from deltaserve.server.engine_factory import engine_config
+
+    monkeypatch.setenv("DELTASERVE_MODEL", "/models/llama")
+    assert Settings().quantization is None  # unset: the checkpoint decides
+    monkeypatch.setenv("DELTASERVE_QUANTIZATION", "int4")
+    assert engine_config(Settings()).quantization == "int4"
+    captured = {}
+    monkeypatch.setitem(
+        cli.SUBCOMMANDS, "serve",
+        cli.Subcommand("x", Settings, lambda s: captured.setdefault("s", s) and 0),
+    )
+    cli.main(["serve", "--quantization", "gptq"])
+    assert captured["s"].quantization == "gptq"
+    with pytest.raises(SystemExit):
+        cli.main(["serve", "--quantization", "nf4"])

@@ -6,6 +6,7 @@ import json
 
 from fastapi.testclient import TestClient
 
+from deltaserve.server.app import create_app
 from tests.unit.server.fake_engine import FakeEngine
 
 
@@ -173,3 +174,11 @@ def test_proxy_alpha_reaches_the_engine(client: TestClient, engine: FakeEngine) 
         "model": "tiny-base", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2,
         "proxy_alpha": 2})
     assert r.status_code == 200 and engine.submitted[1].params.proxy_alpha == 2.0
+
+
+def test_models_base_entry_names_the_quantization(settings, engine: FakeEngine) -> None:
+    app = create_app(settings.model_copy(update={"quantization": "int8"}), engine=engine)
+    with TestClient(app) as c:
+        by_id = {m["id"]: m for m in c.get("/v1/models").json()["data"]}
+    assert by_id["tiny-base"]["quantization"] == "int8"
+    assert by_id["alpha"]["quantization"] is None

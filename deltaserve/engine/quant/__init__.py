@@ -1,0 +1,1 @@
+"""Weight-only quantized bases: packed formats, checkpoint readers (GPTQ, AWQ) and the base product."""

@@ -1,0 +1,51 @@
+"""The quantized base product y = x Wᵀ (+ b) of a (possibly fused) projection.
+
+Weight-only: the reference dequantises every part into the serving dtype each step and runs one
+matmul; adapters are added afterwards by AdapterLinear, in the serving dtype, as for any base.
+Where it exists, int8 per-channel weights use PyTorch's CPU weight-only int8 matmul instead,
+checked against the reference in tests/unit/engine/test_quant_linear.py.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from deltaserve.engine.quant.formats import QuantWeight
+
+_HAS_INT8_MM = hasattr(torch, "_weight_int8pack_mm")
+
+
+class QuantLinear(torch.nn.Module):
+    """Quantized weight of a fused projection: `parts` stacked along out-features, in order
+    (one part when every shard shares a layout)."""
+
+    def __init__(self, method: str, parts: list[QuantWeight]):
+        super().__init__()
+        self.method = method
+        self.parts = torch.nn.ModuleList(parts)
+        self.out_features = sum(p.out_features for p in parts)
+        self.in_features = parts[0].in_features
+
+    def dequantize(self, dtype: torch.dtype) -> torch.Tensor:
+        """[out, in] in `dtype`: the parts dequantised and concatenated."""
+        ws = [p.dequantize(dtype) for p in self.parts]
+        return ws[0] if len(ws) == 1 else torch.cat(ws)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """x: [T, in] -> [T, out] in x's dtype."""
+        if self._int8_fast(x):
+            p = self.parts[0]
+            y = torch._weight_int8pack_mm(x.contiguous(), p.qweight, p.scales.view(-1))
+            return y if bias is None else y + bias
+        return self.forward_reference(x, bias)
+
+    def forward_reference(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return F.linear(x, self.dequantize(x.dtype), bias)
+
+    def _int8_fast(self, x: torch.Tensor) -> bool:
+        if not _HAS_INT8_MM or len(self.parts) != 1 or x.device.type != "cpu":
+            return False
+        p = self.parts[0]
+        return (p.bits == 8 and p.zeros is None and p.g_idx is None
+                and p.group_size == p.in_features and p.scales.dtype == x.dtype)
