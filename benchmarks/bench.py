@@ -1,9 +1,11 @@
 """The served benchmark in one run (`make bench`): workload W's variants through a
 `deltaserve serve` subprocess started with default flags and driven by concurrent HTTP clients,
-beside the offline engine, HF PEFT and vLLM-CPU, and the matmul-only bound measured first.
+beside the offline engine, HF PEFT and vLLM-CPU, and the matmul-only bound measured first;
+then workload R, chat traffic arriving over time (benchmarks/bench_r.py).
 
     python -m benchmarks.bench [--out DIR] [--variants W-base,W-8,W,W-delta,W-proxy,W-int8]
         [--engines served,offline,peft,vllm] [--small] [--vllm-python PATH] [--update-readme]
+        [--workloads W,R] [--r-rates 0.5,1.5,3] [--r-requests 64] [--r-servers ...]
 
 Prints each row as it is measured, then the table and the issue's targets (pass / fail);
 writes results.json and served.png under --out; with --update-readme also the "Served
@@ -22,6 +24,7 @@ import warnings
 from pathlib import Path
 
 from benchmarks import (
+    bench_r,
     bench_report,
     bound,
     machine,
@@ -58,7 +61,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="timed runs per row after its warm-up; each row reports the median "
                         "(default 3)")
     p.add_argument("--update-readme", action="store_true",
-                   help="write the 'Served benchmark' section of benchmarks/README.md")
+                   help="write the 'Served benchmark' (and 'Workload R') sections of "
+                        "benchmarks/README.md")
+    p.add_argument("--workloads", type=_csv(["W", "R"]), default=["W", "R"],
+                   help="W (burst, every engine) and/or R (chat traffic over time; "
+                        "benchmarks/bench_r.py) (default W,R)")
+    bench_r.add_args(p, prefix="r-")
     args = p.parse_args(argv)
     for key, val in (SMALL_DEFAULTS if args.small else FULL_DEFAULTS).items():
         setattr(args, key, val)
@@ -114,6 +122,17 @@ def main(argv: list[str] | None = None) -> int:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     args.out.mkdir(parents=True, exist_ok=True)
+    if "W" in args.workloads:
+        run_w(args, raw, device)
+    if "R" in args.workloads:
+        bench_r.run(args, progress)
+    return 0
+
+
+def run_w(args, raw: list[str], device: str) -> None:
+    """Workload W: the bound, then every engine's rows, the targets and the outputs."""
+    import torch
+
     spec = workload.SMALL_SPEC if args.small else workload.W_SPEC
     assets = workload.build(args.out, spec)
     prompts = assets.prompts(args.num_requests, args.prompt_len)
@@ -141,7 +160,6 @@ def main(argv: list[str] | None = None) -> int:
                         "served": served_dtype or "not measured"}}
     evaluated = targets.evaluate(bench_report.tok_s_by_row(results), b.tok_s)
     write_outputs(args, results, meta, evaluated, device)
-    return 0
 
 
 def write_outputs(args, results: list[RunResult], meta: dict, evaluated: list[dict],

@@ -29,12 +29,15 @@ DEFAULT_RATES = (0.5, 1.5, 3.0)
 (measured: deltaserve's default server completes ~2 requests/s of this traffic)."""
 
 
-def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--rates", type=lambda s: [float(x) for x in s.split(",")],
-                   default=list(DEFAULT_RATES), help="request rates per second (default 0.5,1.5,3)")
-    p.add_argument("--requests", type=int, default=64, help="requests per run (default 64)")
-    p.add_argument("--servers", type=lambda s: s.split(","), default=list(SERVERS),
-                   help="subset of deltaserve,deltaserve-no-cache,vllm")
+def add_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    """R's options (`--r-rates` ... with prefix "r-", as `make bench` names them)."""
+    p.add_argument(f"--{prefix}rates", dest="rates", type=lambda s: [float(x) for x in s.split(",")],
+                   default=list(DEFAULT_RATES),
+                   help="R: request rates per second (default %(default)s)")
+    p.add_argument(f"--{prefix}requests", dest="requests", type=int, default=64,
+                   help="R: requests per run (default 64)")
+    p.add_argument(f"--{prefix}servers", dest="servers", type=lambda s: s.split(","),
+                   default=list(SERVERS), help="R: subset of deltaserve,deltaserve-no-cache,vllm")
 
 
 def command(server: str, assets: workload.Assets, adapter_dir: Path, port: int,

@@ -31,7 +31,7 @@ from deltaserve.engine.outputs import CompletionOutput, RequestOutput, TokenLogp
 from deltaserve.engine.prefix_cache import base_identity, root_key
 from deltaserve.engine.protocol import EngineStats
 from deltaserve.engine.proxy_runner import ProxyRunner
-from deltaserve.engine.request import Request, SeqStatus, Sequence
+from deltaserve.engine.request import Request, Sequence
 from deltaserve.engine.sampler import SamplerOutput
 from deltaserve.engine.sampling_params import SamplingParams
 from deltaserve.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput

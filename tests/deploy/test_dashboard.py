@@ -57,7 +57,8 @@ def test_dashboard_covers_the_operators_questions():
     assert rows == ["Throughput", "Latency", "Queue and KV cache", "Adapters", "Tenants"]
     text = " ".join(dashboard_exprs())
     for needle in ("by (tenant)", "by (tier)", "deltaserve_lora_requests_info",
-                   "deltaserve_kv_cache_usage_perc", "deltaserve_num_requests_waiting"):
+                   "deltaserve_kv_cache_usage_perc", "deltaserve_num_requests_waiting",
+                   "deltaserve_prefix_cache_hit_ratio"):
         assert needle in text
     # Every panel's datasource is the dashboard variable the provisioned datasource fills.
     assert all(p["datasource"]["uid"] == "${datasource}" for p in dash["panels"] if p["type"] != "row")

@@ -152,7 +152,7 @@ def test_random_arrivals_keep_every_invariant():
     s = _sched(num_blocks=40, max_num_seqs=5, budget=9)
     shared = [rng.randrange(200) for _ in range(12)]
     made = []
-    for t in range(300):
+    for _ in range(300):
         if rng.random() < 0.3 and len(made) < 40:
             q = _cached(0, max_tokens=rng.randint(1, 9),
                         prompt=shared[:rng.randint(0, 12)] + [rng.randrange(200)
