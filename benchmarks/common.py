@@ -12,12 +12,17 @@ from dataclasses import dataclass, field
 # W-delta: a quarter of the requests use 8 sparse deltas (10% density), the rest the base.
 # W-proxy: a quarter of the requests use 2 proxy adapters (experts sharing one anti-expert).
 # W-int8: W's traffic over the base quantized to int8 at load (--quantization int8).
+# W-qwen3 / W-gemma3: W's traffic over a Qwen3 / Gemma 3 base of W's sizes, with its own LoRAs.
 VARIANTS: dict[str, int | None] = {"W-base": 0, "W-8": 8, "W": None, "W-delta": 8,
-                                   "W-proxy": 2, "W-int8": None}
+                                   "W-proxy": 2, "W-int8": None, "W-qwen3": None,
+                                   "W-gemma3": None}
 QUANTIZED_VARIANTS: dict[str, str] = {"W-int8": "int8"}
 """Variants on a quantized base -> its --quantization; deltaserve only, and run only when
 asked for (--variants W-int8): they are not in DEFAULT_VARIANTS."""
-DEFAULT_VARIANTS = [v for v in VARIANTS if v not in QUANTIZED_VARIANTS]
+ARCH_VARIANTS: dict[str, str] = {"W-qwen3": "qwen3", "W-gemma3": "gemma3"}
+"""Variants on a base of another architecture -> its ModelSpec.arch (their own assets and
+server); run only when asked for (--variants W-qwen3): they are not in DEFAULT_VARIANTS."""
+DEFAULT_VARIANTS = [v for v in VARIANTS if v not in QUANTIZED_VARIANTS | ARCH_VARIANTS]
 DELTA_VARIANTS = frozenset({"W-delta"})
 PROXY_VARIANTS = frozenset({"W-proxy"})
 """Variants whose adapters are proxy adapters (benchmarks/proxy_assets.py); deltaserve only."""
@@ -32,6 +37,15 @@ def adapters_in(variant: str, num_adapters: int) -> int:
         raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
     k = VARIANTS[variant]
     return num_adapters if k is None else min(k, num_adapters)
+
+
+def variants_by_arch(variants: list[str]) -> dict[str, list[str]]:
+    """`variants` grouped by the arch of their base ("llama" for W's own), in order of first
+    appearance: each group runs on its own assets."""
+    groups: dict[str, list[str]] = {}
+    for v in variants:
+        groups.setdefault(ARCH_VARIANTS.get(v, "llama"), []).append(v)
+    return groups
 
 
 def round_robin(num_requests: int, k: int) -> list[int | None]:

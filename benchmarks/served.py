@@ -4,7 +4,8 @@ request (benchmarks/http_load.py). One server serves every variant of the run; i
 directory holds, as symlinks, every adapter the variants use (LoRAs, sparse deltas, proxies),
 each under its own name, so the server reads them as an operator's --adapter-dir. Variants on
 a quantized base (W-int8) get their own server, started with --quantization as the one extra
-flag.
+flag. A base of another architecture (W-qwen3, W-gemma3) is its own run_all call, with its
+own server and log.
 """
 
 from __future__ import annotations
@@ -89,6 +90,12 @@ def run_all(assets: Assets, variants: list[str], prompts: list[list[int]], gen_l
     return results, info
 
 
+def log_name(arch: str, quant: str | None) -> str:
+    """The server log's file name: one per base (arch, quantization) of a run."""
+    parts = ["served-server", *([arch] if arch != "llama" else []), *([quant] if quant else [])]
+    return "-".join(parts) + ".log"
+
+
 def _serve(assets: Assets, adapter_dir: Path, quant: str | None, results: list[RunResult],
            variant_plans: dict[str, plans.Plan], prompts: list[list[int]], gen_len: int,
            out: Path, progress: Callable[[str], None], start_timeout: float,
@@ -96,7 +103,7 @@ def _serve(assets: Assets, adapter_dir: Path, quant: str | None, results: list[R
     """Measure `results` on one server (base quantized as `quant`); what it reported."""
     port = free_port()
     cmd = serve_command(assets, adapter_dir, port, quant)
-    log = out / ("served-server.log" if quant is None else f"served-server-{quant}.log")
+    log = out / log_name(assets.spec.arch, quant)
     info = {"command": "deltaserve " + " ".join(cmd[3:]), "log": str(log), "dtype": None}
     progress(f"[served] starting: {info['command']}")
     try:

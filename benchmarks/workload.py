@@ -2,7 +2,7 @@
 
     <out>/assets-<name>-<hash>/
         tokenizer/            byte-level BPE (vocab 4096) trained on stdlib docstrings
-        base/                 random-init LlamaForCausalLM, bf16 safetensors
+        base/                 random-init causal LM of spec.arch (Llama, Qwen3, Gemma 3), bf16
         adapters/lora-NN/     PEFT LoRA (r=16, alpha=32, q,k,v,o,gate,up,down), B scaled by 0.1
         prompts-<N>x<L>.json  N prompts of exactly L token ids, cut from held-out text
         manifest.json         the spec the directory was built from; written last
@@ -28,6 +28,8 @@ TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj"
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]  # ids 0..3 (trainer puts them first)
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, 3
 MAX_POSITIONS = 2048  # >= prompt + generated tokens of any workload we run (R: up to 1,152)
+ARCHS = ("llama", "qwen3", "gemma3")
+GEMMA3_SLIDING_WINDOW = 512  # shorter than R's longest sequences, so the local layers bite
 
 
 @dataclass(frozen=True)
@@ -47,9 +49,14 @@ class ModelSpec:
     num_adapters: int = 32
     max_positions: int = MAX_POSITIONS
     seed: int = 0
+    arch: str = "llama"
+    """The base's architecture, one of ARCHS."""
 
     def key(self) -> str:
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+        fields = dataclasses.asdict(self)
+        if self.arch == "llama":  # keys from before `arch` existed stay valid (built assets)
+            del fields["arch"]
+        blob = json.dumps(fields, sort_keys=True).encode()
         return f"{self.name}-{hashlib.sha256(blob).hexdigest()[:10]}"
 
 
@@ -121,27 +128,47 @@ def build_tokenizer(out_dir: Path, vocab_size: int, train_text: list[str]) -> No
     fast.save_pretrained(str(out_dir))
 
 
-def build_base(out_dir: Path, spec: ModelSpec):
-    """Random-init Llama (fixed seed), saved as bf16 safetensors; returns the bf16 model."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+def base_config(spec: ModelSpec):
+    """The transformers config of `spec`'s base: its arch with the spec's sizes (head_dim =
+    hidden / heads in every arch: Qwen3's and Gemma 3's own defaults are 128 and 256)."""
+    from transformers import Gemma3TextConfig, LlamaConfig, Qwen3Config
 
-    config = LlamaConfig(
+    head_dim = spec.hidden_size // spec.num_heads
+    common = dict(
         vocab_size=spec.vocab_size,
         hidden_size=spec.hidden_size,
         intermediate_size=spec.intermediate_size,
         num_hidden_layers=spec.num_layers,
         num_attention_heads=spec.num_heads,
         num_key_value_heads=spec.num_kv_heads,
+        head_dim=head_dim,
         max_position_embeddings=spec.max_positions,
-        tie_word_embeddings=False,
         bos_token_id=BOS_ID,
         eos_token_id=EOS_ID,
         pad_token_id=PAD_ID,
     )
+    if spec.arch == "llama":
+        return LlamaConfig(**common, tie_word_embeddings=False)
+    if spec.arch == "qwen3":
+        return Qwen3Config(**common, tie_word_embeddings=False)
+    if spec.arch == "gemma3":
+        # Gemma's tied embeddings and its default local/global layer pattern.
+        return Gemma3TextConfig(**common, sliding_window=GEMMA3_SLIDING_WINDOW,
+                                query_pre_attn_scalar=head_dim, tie_word_embeddings=True)
+    raise ValueError(f"unknown arch {spec.arch!r}; choose from {', '.join(ARCHS)}")
+
+
+def build_base(out_dir: Path, spec: ModelSpec):
+    """Random-init base of `spec.arch` (fixed seed), saved as bf16 safetensors; returns the
+    bf16 model."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = base_config(spec)
     torch.manual_seed(spec.seed)
     # Init in fp32 (what HF does by default), then cast: same numbers on every machine.
-    model = LlamaForCausalLM(config).to(torch.bfloat16).eval()
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = model.to(torch.bfloat16).eval()
     model.save_pretrained(str(out_dir), safe_serialization=True)
     return model
 
