@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -115,6 +116,34 @@ def test_small_served_benchmark_end_to_end(out_dir, capsys):
     assert "served-adapters" in out["served"]["command"]
     printed = capsys.readouterr().out
     assert "[served] W: " in printed and "tok/s" in printed
+
+
+@pytest.mark.timeout(600)
+def test_small_arch_variants_get_their_own_base_and_server(out_dir, capsys):
+    argv = ["--small", "--out", str(out_dir), "--workloads", "W", "--repeats", "1",
+            "--engines", "served,offline,peft,vllm", "--variants", "W,W-qwen3,W-gemma3",
+            "--vllm-python", str(out_dir / "no-venv/python"), "--server-start-timeout", "180"]
+    assert bench.main(argv) == 0
+    out = json.loads((out_dir / "results.json").read_text())
+    rows = {(r["engine"], r["variant"]): r for r in out["results"]}
+    for engine in ("served", "offline", "peft"):
+        for variant in ("W-qwen3", "W-gemma3"):
+            r = rows[(engine, variant)]
+            assert r["error"] is None and r["generated_tokens"] == 64, r  # 8 requests x 8
+            assert r["num_adapters"] == 4
+    assert ("vllm", "W-qwen3") not in rows and ("vllm", "W-gemma3") not in rows
+    bases = out["served"]["bases"]
+    for arch in ("qwen3", "gemma3"):
+        model = bases[arch]["command"].split("--model ")[1].split()[0]
+        assert model != out["served"]["command"].split("--model ")[1].split()[0]
+        assert json.loads((Path(model) / "config.json").read_text())["model_type"].startswith(
+            arch)
+        assert bases[arch]["log"].endswith(f"served-server-{arch}.log")
+    status = {t["target"]: t["status"] for t in out["targets"]}
+    assert status["served W-qwen3 ≥ 90% of served W"] in ("pass", "fail")
+    assert status["served W-gemma3 ≥ 90% of served W"] in ("pass", "fail")
+    assert status["served W-int8 ≥ 1.2× served W"] == "n/a"
+    assert "[served] W-gemma3: " in capsys.readouterr().out
 
 
 @pytest.mark.timeout(300)
