@@ -87,10 +87,9 @@ def run_server(server: str, args, assets, progress: Callable[[str], None]) -> li
         with ServerProcess(cmd, port, args.out / f"r-{server}.log", env=env,
                            start_timeout=args.server_start_timeout) as srv:
             warm_up(srv.base_url, assets)
-            for variant in variants:
-                for rate in args.rates:
-                    rows.append(_one_run(srv.base_url, server, variant, rate, args, assets,
-                                         progress))
+            for salt, (variant, rate) in enumerate((v, r) for v in variants for r in args.rates):
+                rows.append(_one_run(srv.base_url, server, variant, rate, salt + 1, args,
+                                     assets, progress))
     except server_proc.ServerFailed as exc:
         progress(f"[R] {server}: {str(exc).splitlines()[0]}")
         done = {(r["variant"], r["rate"]) for r in rows}
@@ -106,8 +105,8 @@ def _plan(assets):
     return Plan(refs, list(refs))
 
 
-def _one_run(base_url, server, variant, rate, args, assets, progress) -> dict:
-    reqs = traffic.trace(assets, variant, rate, args.requests)
+def _one_run(base_url, server, variant, rate, salt, args, assets, progress) -> dict:
+    reqs = traffic.trace(assets, variant, rate, args.requests, salt=salt)
     progress(f"[R] {server} {variant} at {rate:g} req/s: {len(reqs)} requests over "
              f"{reqs[-1].at:.0f} s ...")
     before = served_metrics(base_url)

@@ -43,6 +43,8 @@ def summarise(reqs: list[ChatRequest], timings: list[Timing], t0: float,
         "tpot_p50": _p(tpot, 50), "tpot_p99": _p(tpot, 99), "itl_p99": _p(itl, 99),
         "hit_rate": round((after["hits"] - before["hits"]) / queries, 3) if queries else None,
         "client_cached_share": round(sum(t.cached_tokens for t in timings) / prompt_tokens, 3),
+        "per_request": [[round(r.at, 3), round(t.ttft, 3), t.tpot and round(t.tpot, 4),
+                         t.cached_tokens] for r, t in zip(reqs, timings, strict=True)],
     }
 
 

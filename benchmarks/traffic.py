@@ -20,6 +20,7 @@ SYSTEM_LEN = 768
 USER_LEN = (64, 256)
 OUTPUT_LEN = (64, 128)
 SHARED, FRESH = "shared", "fresh"
+_SALT_SHIFT = 997  # tokens a salt step rotates the text by: windows then start elsewhere
 
 
 @dataclass(frozen=True)
@@ -35,17 +36,20 @@ class ChatRequest:
 
 
 def trace(assets: Assets, variant: str, rate: float, num_requests: int,
-          seed: int = 0) -> list[ChatRequest]:
-    """The requests of one run: Poisson arrivals at `rate` per second. Deterministic per seed,
-    and the same requests at every rate (only the gaps scale by 1/rate), so rates and servers
-    of a run compare the same traffic."""
+          seed: int = 0, salt: int = 0) -> list[ChatRequest]:
+    """The requests of one run: Poisson arrivals at `rate` per second. Deterministic per seed:
+    the same tenants, lengths and (scaled by 1/rate) gaps at every rate, so rates and servers
+    compare the same traffic shape. `salt` moves the user turns (and the fresh variant's system
+    prompts) to other text, so consecutive runs on one server do not meet each other's prompts
+    in the prefix cache; the shared variant's system prompts stay the tenants' own."""
     if variant not in (SHARED, FRESH):
         raise ValueError(f"variant must be {SHARED} or {FRESH}, got {variant!r}")
     rng = random.Random(seed)
     stream = token_stream(assets)
-    n_system = TENANTS if variant == SHARED else num_requests
-    systems = windows(stream, n_system, SYSTEM_LEN)
-    users = windows(stream[::-1], num_requests, USER_LEN[1])  # from the other end, reversed
+    moved = stream[salt * _SALT_SHIFT:] + stream[:salt * _SALT_SHIFT]
+    systems = (windows(stream, TENANTS, SYSTEM_LEN) if variant == SHARED
+               else windows(moved, num_requests, SYSTEM_LEN))
+    users = windows(moved[::-1], num_requests, USER_LEN[1])  # from the other end, reversed
     at, out = 0.0, []
     for i in range(num_requests):
         at += rng.expovariate(1.0) / rate
