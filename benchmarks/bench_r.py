@@ -110,7 +110,12 @@ def _one_run(base_url, server, variant, rate, salt, args, assets, progress) -> d
     progress(f"[R] {server} {variant} at {rate:g} req/s: {len(reqs)} requests over "
              f"{reqs[-1].at:.0f} s ...")
     before = served_metrics(base_url)
-    timings, t0 = stream_load.run(base_url, [r.adapter for r in reqs], reqs)
+    try:
+        timings, t0 = stream_load.run(base_url, [r.adapter for r in reqs], reqs)
+    except Exception as exc:  # one run's failure must not lose the others
+        progress(f"[R]   failed: {type(exc).__name__}: {str(exc)[:200]}")
+        return {"server": server, "variant": variant, "rate": rate,
+                "error": f"{type(exc).__name__}: {str(exc)[:200]}"}
     row = {"server": server, "variant": variant, "rate": rate,
            **summarise(reqs, timings, t0, before, served_metrics(base_url))}
     progress(f"[R]   {row['output_tok_s']:.1f} tok/s, TTFT p50 {row['ttft_p50']:.2f} s p99 "

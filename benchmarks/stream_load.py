@@ -63,7 +63,7 @@ async def _one(client: httpx.AsyncClient, model: str, req: ChatRequest, t0: floa
                 continue
             now = time.perf_counter()
             chunk = json.loads(line[6:])
-            if chunk.get("choices") and chunk["choices"][0].get("text"):
+            if chunk.get("choices"):  # a token (its text may be empty: partial UTF-8, specials)
                 t.first = t.first or now
                 t.last = now
                 t.chunk_times.append(now)
