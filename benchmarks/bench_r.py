@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks import served, server_proc, stream_load, traffic, vllm_cpu, workload
+from benchmarks.plans import AdapterRef, Plan
 from benchmarks.r_report import evaluate, summarise, write_outputs
 from benchmarks.server_proc import ServerProcess, free_port
 
@@ -53,9 +54,7 @@ def command(server: str, assets: workload.Assets, adapter_dir: Path, port: int,
     return cmd, None
 
 
-def _loras(assets: workload.Assets):
-    from benchmarks.plans import AdapterRef
-
+def _loras(assets: workload.Assets) -> list[AdapterRef]:
     return [AdapterRef(assets.adapter_name(t), assets.adapter_dir(t))
             for t in range(traffic.TENANTS)]
 
@@ -98,9 +97,7 @@ def run_server(server: str, args, assets, progress: Callable[[str], None]) -> li
     return rows
 
 
-def _plan(assets):
-    from benchmarks.plans import Plan
-
+def _plan(assets) -> Plan:
     refs = _loras(assets)
     return Plan(refs, list(refs))
 

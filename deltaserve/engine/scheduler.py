@@ -179,13 +179,13 @@ class Scheduler:
 
     def cache_computed(self, seq: Sequence) -> None:
         """Register seq's blocks that are full and computed in the prefix cache (after a step)."""
-        if seq.request.cache_root is None or not self.blocks.enable_caching:
-            return
         bs = self.blocks.block_size
+        if not self._cacheable(seq) or seq.num_computed_tokens // bs <= seq.num_registered_blocks:
+            return  # most decode steps fill no new block
         hashes = extend_hashes(seq, seq.num_computed_tokens, bs)
         for i in range(seq.num_registered_blocks, len(hashes)):
             self.blocks.register(seq.block_table[i], hashes[i])
-        seq.num_registered_blocks = max(seq.num_registered_blocks, len(hashes))
+        seq.num_registered_blocks = len(hashes)
 
     # ---- scheduling ---------------------------------------------------------------------
     def schedule(self) -> SchedulerOutput:
@@ -244,8 +244,7 @@ class Scheduler:
     def _cached_prefix(self, seq: Sequence) -> list[int]:
         """The cached blocks seq can start from: full blocks only, never its last token (its
         logits must be computed), none for rows that score every prompt position."""
-        if (seq.request.cache_root is None or not self.blocks.enable_caching
-                or seq.scores_prompt):
+        if not self._cacheable(seq) or seq.scores_prompt:
             return []
         bs = self.blocks.block_size
         usable = (seq.num_tokens - 1) // bs * bs
@@ -267,9 +266,12 @@ class Scheduler:
         seq.num_registered_blocks = len(hit)
         return True
 
+    def _cacheable(self, seq: Sequence) -> bool:
+        return self.blocks.enable_caching and seq.request.cache_root is not None
+
     def _record_hit(self, seq: Sequence, cached_tokens: int) -> None:
         req = seq.request
-        if req.cache_root is None or not self.blocks.enable_caching:
+        if not self._cacheable(seq):
             return
         queried = len(req.prompt_token_ids)
         hit = min(cached_tokens, queried)
