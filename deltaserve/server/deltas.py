@@ -43,7 +43,12 @@ class DeltaTracker:
     done: bool = False
 
     def take(self, out: CompletionOutput) -> Delta | None:
-        """The delta to send now, or None when there is nothing new worth sending."""
+        """The delta to send now, or None when no token arrived since the last one.
+
+        A token whose text is held back (a possible stop string, an incomplete UTF-8 character)
+        or empty (a special token) still gets its delta, with empty text, as vLLM streams it:
+        clients time tokens by chunks, and a stream must not fall silent while tokens arrive.
+        """
         if self.done:
             return None
         text = out.text
@@ -53,7 +58,7 @@ class DeltaTracker:
             end = max(self.sent_chars, len(text) - self.holdback)
             while end > self.sent_chars and text[end - 1] == "\ufffd":
                 end -= 1
-        if end <= self.sent_chars and not out.finished:
+        if end <= self.sent_chars and len(out.token_ids) <= self.sent_tokens and not out.finished:
             return None
         delta_text = text[self.sent_chars : end]
         new_ids = out.token_ids[self.sent_tokens :]

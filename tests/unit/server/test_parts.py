@@ -26,7 +26,9 @@ def out(text: str, n_tokens: int, finish: str | None = None) -> CompletionOutput
 def test_delta_holds_back_possible_stop_string_prefix() -> None:
     tracker = DeltaTracker(holdback=holdback_chars(SamplingParams(stop=["END", "x"])))
     assert tracker.holdback == 2
-    assert tracker.take(out("ab", 2)) is None
+    held = tracker.take(out("ab", 2))  # tokens arrived, their text is held back
+    assert held.text == "" and held.token_ids == [0, 1]
+    assert tracker.take(out("ab", 2)) is None  # nothing new at all
     assert tracker.take(out("abcE", 4)).text == "ab"
     d = tracker.take(out("abcEN", 5))
     assert d.text == "c" and d.token_ids == [4]
@@ -35,10 +37,20 @@ def test_delta_holds_back_possible_stop_string_prefix() -> None:
     assert tracker.take(out("abcEN", 6, "stop")) is None
 
 
+def test_delta_per_token_even_when_text_is_empty() -> None:
+    """Tokens decoding to nothing (specials, partial UTF-8) still stream one delta each."""
+    tracker = DeltaTracker()
+    deltas = [tracker.take(out("", n)) for n in (1, 2, 3)]
+    assert [(d.text, d.token_ids) for d in deltas] == [("", [0]), ("", [1]), ("", [2])]
+    last = tracker.take(out("x", 4, "length"))
+    assert last.text == "x" and last.token_ids == [3] and last.finish_reason == "length"
+
+
 def test_delta_waits_for_incomplete_utf8() -> None:
     tracker = DeltaTracker()
     assert tracker.take(out("a\ufffd", 2)).text == "a"
-    assert tracker.take(out("aé", 3)).text == "é"
+    assert tracker.take(out("a\ufffd\ufffd", 3)).text == ""  # a token, but still no character
+    assert tracker.take(out("aé", 4)).text == "é"
     assert holdback_chars(SamplingParams(stop=["abc"], include_stop_str_in_output=True)) == 0
 
 
