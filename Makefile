@@ -29,7 +29,9 @@ run: $(DEMO_DIR)/.complete
 	$(BIN)/deltaserve serve --model $(DEMO_DIR)/base --adapter-dir $(DEMO_DIR)/adapters \
 		--served-model-name demo --host $(HOST) --port $(PORT)
 
+# tests/deploy/ runs a real Prometheus and promtool: Debian's package, installed when missing.
 test: $(VENV)/.installed-test
+	bash tests/system_deps.sh prometheus
 	$(BIN)/python -m tests.redis_binary >/dev/null
 	$(BIN)/python -m pytest -q
 
@@ -48,7 +50,9 @@ $(VLLM_VENV)/.installed: pyproject.toml | $(VLLM_BIN)/python
 	$(VLLM_BIN)/python -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)"
 	touch $@
 
+# tcmalloc makes vLLM's CPU backend ~3x faster (the tests preload it when it is there).
 test-vllm: $(VLLM_VENV)/.installed
+	bash tests/system_deps.sh tcmalloc
 	$(VLLM_BIN)/python -m pytest -q tests/vllm
 
 lint: $(VENV)/.installed-test

@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
+from deltaserve.entrypoints.cli.main import main as cli
 from deltaserve.router.fit import RoutedLoRA, encode
 from deltaserve.router.mix import uniform
 from deltaserve.router.peft_io import read_peft
-from deltaserve.server.cli import main as cli
 from tests.integration.server.tiny_model import build_lora, build_model_dir
 
 MEMBERS = ("lora-a", "lora-b", "lora-c", "lora-d")

@@ -44,7 +44,7 @@ def serve_command(assets: Assets, adapter_dir: Path, port: int,
     """`deltaserve serve` with only the model, the adapter directory and the port (and the
     base's --quantization for a quantized variant)."""
     quant = [] if quantization is None else ["--quantization", quantization]
-    return [sys.executable, "-m", "deltaserve.server.cli", "serve", "--model",
+    return [sys.executable, "-m", "deltaserve", "serve", "--model",
             str(assets.base_dir), "--adapter-dir", str(adapter_dir), "--port", str(port), *quant]
 
 

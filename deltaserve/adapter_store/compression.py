@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,14 +23,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from deltaserve.adapter_store.delta_keys import PROJ_KEY, layer_of
+
 logger = logging.getLogger(__name__)
 
 METHODS = ("dare", "darex-q", "magnitude")
-PROJ_KEY = re.compile(
-    r"^model\.layers\.(\d+)\.(?:self_attn|mlp)\."
-    r"(?:q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj|qkv_proj|gate_up_proj)"
-    r"\.weight$"
-)
 _SHAPE_FIELDS = ("model_type", "vocab_size", "hidden_size", "intermediate_size",
                  "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
 
@@ -145,12 +141,6 @@ def masks_for(deltas: dict[str, torch.Tensor], method: str, density: float, seed
         out[name] = (magnitude_mask(d, density) if method == "magnitude"
                      else bernoulli_mask(name, d.shape, density, seed))
     return out
-
-
-def layer_of(name: str) -> int:
-    m = PROJ_KEY.match(name)
-    assert m is not None
-    return int(m.group(1))
 
 
 def sparse_tensors(deltas: dict[str, torch.Tensor], masks: dict[str, torch.Tensor],

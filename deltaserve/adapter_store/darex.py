@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from deltaserve.adapter_store.compression import layer_of
+from deltaserve.adapter_store.delta_keys import layer_of
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -32,10 +32,11 @@ from deltaserve.adapter_store.errors import (
 from deltaserve.adapter_store.manifest import SHARED, AdapterManifest
 from deltaserve.adapter_store.paths import check_adapter_name, is_within
 from deltaserve.adapter_store.registry import AdapterRegistry, Lease, Version
+from deltaserve.adapter_store.store_config import StoreConfig
 from deltaserve.adapter_store.sync import SyncMixin
 from deltaserve.adapter_store.tiers import TierChain, TierObserver
 from deltaserve.adapter_store.tombstones import Tombstones
-from deltaserve.adapter_store.validation import BaseShapes, Limits
+from deltaserve.adapter_store.validation import BaseShapes
 
 logger = logging.getLogger(__name__)
 
@@ -46,23 +47,6 @@ class Caller:
 
     tenant: str
     admin: bool = False
-
-
-@dataclass
-class StoreConfig:
-    data_dir: Path
-    base_model_id: str
-    source_roots: list[Path] = field(default_factory=list)
-    hub_cache: Path | None = None
-    """The Hugging Face cache `source` hub ids resolve in; None: hub ids are refused."""
-    max_adapter_bytes: int = 1 << 30
-    max_total_adapter_bytes: int = 16 << 30
-    limits: Limits = field(default_factory=Limits)
-    unregister_timeout_s: float = 30.0
-    max_local_content_bytes: int | None = None
-    """Disk budget of the local content directory (LRU over unleased, re-fetchable content)."""
-    ephemeral: bool = False
-    """data_dir is a temporary directory of this process: removed on close."""
 
 
 def is_directory_entry(manifest: AdapterManifest) -> bool:

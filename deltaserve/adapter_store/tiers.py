@@ -15,16 +15,13 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from deltaserve.adapter_store import ingest as ing
 from deltaserve.adapter_store.backend import StoreBackend
 from deltaserve.adapter_store.content import ContentStore
 from deltaserve.adapter_store.errors import StoreUnavailableError
 from deltaserve.adapter_store.manifest import AdapterManifest
-
-if TYPE_CHECKING:
-    from deltaserve.adapter_store.store import StoreConfig
+from deltaserve.adapter_store.store_config import StoreConfig
 
 logger = logging.getLogger(__name__)
 

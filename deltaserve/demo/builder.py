@@ -28,7 +28,6 @@ from pathlib import Path
 
 import torch
 from transformers import GenerationConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-from transformers.utils import logging as hf_logging
 
 from deltaserve.demo.extras import (
     EXTRA_TASKS,
@@ -40,6 +39,7 @@ from deltaserve.demo.extras import (
     build_sparse_delta,
 )
 from deltaserve.demo.prompt import BOS_ID, EOS_ID, PAD_ID, demo_prompt, prompt_ids
+from deltaserve.demo.quiet import no_hf_progress_bars
 from deltaserve.demo.readme import render_adapter_card, render_other_card, render_readme
 from deltaserve.demo.tasks import TASKS
 from deltaserve.demo.tokenizer import build_tokenizer, save_tokenizer
@@ -225,17 +225,6 @@ def _reproducible(seed: int) -> Iterator[None]:
             torch.set_num_threads(threads)
 
 
-@contextlib.contextmanager
-def _no_hf_progress_bars() -> Iterator[None]:
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
-
-
 def _scaled(steps: int, scale: float) -> int:
     return max(1, round(steps * scale))
 
@@ -274,7 +263,7 @@ def _save_base(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, path
         pad_token_id=PAD_ID,
         max_new_tokens=MAX_NEW_TOKENS,
     )
-    with _no_hf_progress_bars():  # one shard: its "Writing model shards" bar is only noise
+    with no_hf_progress_bars():  # one shard: its "Writing model shards" bar is only noise
         model.save_pretrained(str(path))
     save_tokenizer(tokenizer, path)
     # Adapters record this as their base (peft reads `name_or_path` from the model).

@@ -27,6 +27,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from deltaserve.demo.prompt import EOS, EOS_ID, demo_prompt, prompt_ids
+from deltaserve.demo.quiet import no_hf_progress_bars
 from deltaserve.demo.tasks import TASKS, collate, encode_example, sample_text
 from deltaserve.demo.train import ATTENTION, AdapterSpec, Batch, base_config, fit, train_base
 
@@ -269,8 +270,6 @@ def build_proxy(
     scale_steps: Callable[[int], int], texts: Sequence[str], progress: bool,
 ) -> dict:
     """A small model trained like the base (anti-expert) and its fine-tune (expert)."""
-    from deltaserve.demo.builder import _no_hf_progress_bars
-
     cfg = small_config()
     anti, anti_loss = train_base(seed=seed, steps=scale_steps(PROXY_BASE_STEPS),
                                  progress=progress, config=cfg, desc="proxy base")  # fmt: skip
@@ -283,7 +282,7 @@ def build_proxy(
     if path.exists():
         shutil.rmtree(path)
     for sub, m in (("anti", anti), ("expert", expert)):
-        with _no_hf_progress_bars():
+        with no_hf_progress_bars():
             m.save_pretrained(str(path / sub))
         for f in ("tokenizer.json", "tokenizer_config.json"):
             shutil.copy(tokenizer_dir / f, path / sub / f)

@@ -1,4 +1,9 @@
-"""The interface every engine backend offers to the server (native engine, later vLLM)."""
+"""EngineClient: the one interface the HTTP layer drives, whichever engine runs behind it.
+
+Two implementations: the native `deltaserve.engine.async_engine.AsyncLLMEngine` and
+`deltaserve.backends.vllm.client.VLLMEngineClient`; `entrypoints/engine_factory.py` picks one per
+`--engine`. Both satisfy the protocol structurally (neither imports the other).
+"""
 
 from __future__ import annotations
 

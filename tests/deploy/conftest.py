@@ -2,8 +2,9 @@
 
 The server (real engine, real uvicorn on loopback, a real redis-server as its shared adapter
 store) serves a tiny base with three LoRAs, two of which share rank and targets so ad-hoc
-mixes over them work; API keys: two user tenants and an admin. Prometheus is Debian's `prometheus` binary (.ci/run installs it) with the shipped
-rules and a test scrape config pointing at that server, on short intervals.
+mixes over them work; API keys: two user tenants and an admin. Prometheus is Debian's
+`prometheus` binary (make test installs it) with the shipped rules and a test scrape config
+pointing at that server, on short intervals.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def require_binary(name: str) -> str:
     """The path of a system binary the proof needs; a clear failure (not a skip) without it."""
     path = shutil.which(name)
     if path is None:
-        pytest.fail(f"`{name}` is not on PATH: install Debian's prometheus package (.ci/run does)")
+        pytest.fail(f"`{name}` is not on PATH: install Debian's prometheus package (apt-get install prometheus; make test does when apt-get is usable)")
     return path
 
 

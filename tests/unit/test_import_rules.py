@@ -1,13 +1,20 @@
 """DESIGN.md §3 import rules, checked by parsing every .py file with `ast` (nothing is imported).
 
+The layers, lowest first; a layer imports only from itself and the layers below it:
 - engine imports nothing of deltaserve outside deltaserve.engine;
-- router and adapter_store import (types) from deltaserve.engine only, never from server;
-- server may import everything; clients/ and loadtests/ speak HTTP only (nothing of deltaserve);
+- backends (deltaserve.backends.vllm) sit beside the engine: they import engine types only;
+- router and adapter_store import (types) from deltaserve.engine only;
+- tenancy (keys, tenants, quotas, rate limits) imports only itself: no HTTP, no engine;
+- demo builds models with the engine, router and adapter_store, never the server;
+- entrypoints (HTTP app, routes, OpenAI protocol, CLI) may import every layer;
+- clients/ and loadtests/ speak HTTP only (nothing of deltaserve);
+- no import cycles between deltaserve modules (lazy and type-checking imports included);
 - the SDK (clients/python, a separate distribution) imports only the standard library, httpx,
   pydantic and itself, plus openai lazily (an optional extra), and declares only httpx and
   pydantic as dependencies;
-- one module imports prometheus_client (deltaserve/server/metrics.py);
-- one module reads the environment (deltaserve/server/settings.py).
+- one module imports prometheus_client (deltaserve/entrypoints/metrics.py);
+- one package imports vllm (deltaserve/backends/vllm/);
+- one module reads the environment (deltaserve/entrypoints/settings.py).
 
 Each rule is a row of data; a violation names the file, line and the offending import.
 """
@@ -17,30 +24,35 @@ from __future__ import annotations
 import ast
 import sys
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.unit.import_checker import (
+    Rule,
+    eager_imports_of,
+    env_reads_of,
+    import_cycles,
+    imports_of,
+    rule_violations,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 SKIP_DIRS = {".venv", "__pycache__", "build", "dist", ".git", "node_modules"}
 
 
-@dataclass(frozen=True)
-class Rule:
-    files: str
-    """Path prefix (relative to the repository root) of the files the rule governs."""
-    allowed: tuple[str, ...]
-    """deltaserve packages those files may import (an empty tuple: none at all)."""
-    why: str
-
-
+ENGINE = "deltaserve.engine"
 RULES = [
-    Rule("deltaserve/engine/", ("deltaserve.engine",), "engine imports nothing of ours"),
-    Rule("deltaserve/router/", ("deltaserve.router", "deltaserve.engine"),
+    Rule("deltaserve/engine/", (ENGINE,), "engine imports nothing of ours"),
+    Rule("deltaserve/backends/", ("deltaserve.backends", ENGINE),
+         "backends sit beside the engine: they import only engine types"),
+    Rule("deltaserve/router/", ("deltaserve.router", ENGINE),
          "router imports only (types from) deltaserve.engine"),
-    Rule("deltaserve/adapter_store/", ("deltaserve.adapter_store", "deltaserve.engine"),
+    Rule("deltaserve/adapter_store/", ("deltaserve.adapter_store", ENGINE),
          "adapter_store imports only (types from) deltaserve.engine"),
+    Rule("deltaserve/tenancy/", ("deltaserve.tenancy",), "tenancy sits below the entrypoints"),
+    Rule("deltaserve/demo/", ("deltaserve.demo", ENGINE, "deltaserve.router",
+                              "deltaserve.adapter_store"), "the demo never imports the server"),
     Rule("clients/", (), "clients speak HTTP only"),
     Rule("loadtests/", (), "loadtests speak HTTP only"),
 ]
@@ -50,89 +62,13 @@ SDK_IMPORTS = ("deltaserve_client", "httpx", "pydantic", "openai")
 SDK_LAZY = ("openai",)
 """Optional dependencies: imported inside functions (or for type checking) only."""
 SDK_DEPENDENCIES = {"httpx", "pydantic"}
-PROMETHEUS_OWNER = "deltaserve/server/metrics.py"
-VLLM_OWNER = "deltaserve/server/vllm_engine/"
+PROMETHEUS_OWNER = "deltaserve/entrypoints/metrics.py"
+VLLM_OWNER = "deltaserve/backends/vllm/"
 """The only package that imports vllm (an optional extra); others reach it lazily."""
-ENV_OWNER = "deltaserve/server/settings.py"
-ENV_ATTRS = {"environ", "environb", "getenv", "getenvb"}
+ENV_OWNER = "deltaserve/entrypoints/settings.py"
 
 
-# ---- the checker --------------------------------------------------------------------------
-
-def _module_name(rel: str) -> str | None:
-    """Dotted module name of a deltaserve file, for resolving relative imports."""
-    if not rel.startswith("deltaserve/"):
-        return None
-    parts = rel[:-3].split("/")
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def _package_of(rel: str) -> str | None:
-    mod = _module_name(rel)
-    if mod is None:
-        return None
-    return mod if rel.endswith("__init__.py") else mod.rpartition(".")[0]
-
-
-def imports_of(source: str, rel: str) -> list[tuple[int, str]]:
-    """(line, absolute target) for every import, lazy ones and importlib calls included.
-
-    `from a.b import c` yields "a.b.c" (c may be a submodule); relative imports are resolved
-    against the file's package (outside deltaserve they stay inside their own tree: skipped).
-    """
-    out: list[tuple[int, str]] = []
-    for node in ast.walk(ast.parse(source, filename=rel)):
-        if isinstance(node, ast.Import):
-            out += [(node.lineno, a.name) for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                pkg = _package_of(rel)
-                if pkg is None:
-                    continue
-                parts = pkg.split(".")
-                anchor = ".".join(parts[: len(parts) - (node.level - 1)])
-                base = f"{anchor}.{base}" if base else anchor
-            out += [(node.lineno, f"{base}.{a.name}" if a.name != "*" else base)
-                    for a in node.names]
-        elif isinstance(node, ast.Call) and _is_dynamic_import(node.func):
-            if node.args and isinstance(node.args[0], ast.Constant):
-                if isinstance(node.args[0].value, str):
-                    out.append((node.lineno, node.args[0].value))
-    return out
-
-
-def _is_dynamic_import(func: ast.expr) -> bool:
-    if isinstance(func, ast.Name):
-        return func.id in ("__import__", "import_module")
-    return isinstance(func, ast.Attribute) and func.attr == "import_module"
-
-
-def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")  # fmt: skip
-
-
-def eager_imports_of(source: str, rel: str) -> list[tuple[int, str]]:
-    """Imports that run when the module itself is imported: module-level ones, also inside
-    if/try blocks, except under `if TYPE_CHECKING:` (relative ones are skipped)."""
-    out: list[tuple[int, str]] = []
-
-    def visit(statements: list[ast.stmt]) -> None:
-        for node in statements:
-            if isinstance(node, ast.Import):
-                out.extend((node.lineno, a.name) for a in node.names)
-            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
-                out.extend((node.lineno, f"{node.module}.{a.name}") for a in node.names)
-            elif isinstance(node, ast.If):
-                visit(node.orelse if _is_type_checking(node.test) else node.body + node.orelse)
-            elif isinstance(node, ast.Try):
-                visit(node.body + node.orelse + node.finalbody
-                      + [s for h in node.handlers for s in h.body])  # fmt: skip
-
-    visit(ast.parse(source, filename=rel).body)
-    return out
-
+# ---- the SDK's own check -------------------------------------------------------------------
 
 def sdk_violations(files: dict[str, str]) -> list[str]:
     """SDK imports outside the standard library + SDK_IMPORTS, and eager optional imports."""
@@ -149,43 +85,6 @@ def sdk_violations(files: dict[str, str]) -> list[str]:
             if target.split(".")[0] in SDK_LAZY:
                 bad.append(f"{rel}:{line} imports {target} at import time "
                            "(an optional dependency: import it where it is used)")  # fmt: skip
-    return bad
-
-
-def env_reads_of(source: str, rel: str) -> list[tuple[int, str]]:
-    """os.environ / os.getenv use (also via `import os as x` and `from os import environ`)."""
-    tree = ast.parse(source, filename=rel)
-    os_aliases = {"os"}
-    found: list[tuple[int, str]] = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            os_aliases |= {a.asname or a.name for a in node.names if a.name == "os"}
-        elif isinstance(node, ast.ImportFrom) and node.module == "os" and not node.level:
-            found += [(node.lineno, f"from os import {a.name}") for a in node.names
-                      if a.name in ENV_ATTRS]
-    for node in ast.walk(tree):
-        if (isinstance(node, ast.Attribute) and node.attr in ENV_ATTRS
-                and isinstance(node.value, ast.Name) and node.value.id in os_aliases):
-            found.append((node.lineno, f"{node.value.id}.{node.attr}"))
-    return found
-
-
-def _is_ours(target: str) -> bool:
-    return target == "deltaserve" or target.startswith("deltaserve.")
-
-
-def _within(target: str, packages: tuple[str, ...]) -> bool:
-    return any(target == p or target.startswith(p + ".") for p in packages)
-
-
-def rule_violations(rule: Rule, files: dict[str, str]) -> list[str]:
-    bad = []
-    for rel, src in files.items():
-        if not rel.startswith(rule.files):
-            continue
-        for line, target in imports_of(src, rel):
-            if _is_ours(target) and not _within(target, rule.allowed):
-                bad.append(f"{rel}:{line} imports {target} ({rule.why})")
     return bad
 
 
@@ -225,8 +124,13 @@ def test_only_the_vllm_backend_imports_vllm_and_only_lazily(files):
              for rel, src in files.items() if not rel.startswith(VLLM_OWNER)
              for node in ast.parse(src).body if isinstance(node, (ast.Import, ast.ImportFrom))
              for _, t in imports_of(ast.unparse(node), rel)
-             if t.startswith("deltaserve.server.vllm_engine.client")]
+             if t.startswith("deltaserve.backends.vllm.client")]
     assert not bad + eager, "\n".join(bad + eager)
+
+
+def test_no_import_cycles(files):
+    cycles = import_cycles(files)
+    assert not cycles, "\n".join(" ↔ ".join(c) for c in cycles)
 
 
 def test_sdk_imports_only_its_dependencies(files):
@@ -261,13 +165,14 @@ ENGINE_FILE = "deltaserve/engine/adapters/pool.py"
 
 
 @pytest.mark.parametrize("source, target", [
-    ("import deltaserve.server.app", "deltaserve.server.app"),
+    ("import deltaserve.entrypoints.app", "deltaserve.entrypoints.app"),
     ("from deltaserve.router import resolve", "deltaserve.router.resolve"),
-    ("from deltaserve import server", "deltaserve.server"),
-    ("from ...server import settings", "deltaserve.server.settings"),
+    ("from deltaserve import entrypoints", "deltaserve.entrypoints"),
+    ("from ...entrypoints import settings", "deltaserve.entrypoints.settings"),
+    ("from deltaserve.tenancy.auth import ApiKeyAuth", "deltaserve.tenancy.auth.ApiKeyAuth"),
     ("from ... import router", "deltaserve.router"),
     ("def f():\n    from deltaserve.adapter_store import registry", "deltaserve.adapter_store.registry"),
-    ("import importlib\nimportlib.import_module('deltaserve.server.metrics')", "deltaserve.server.metrics"),
+    ("import importlib\nimportlib.import_module('deltaserve.entrypoints.metrics')", "deltaserve.entrypoints.metrics"),
 ])
 def test_checker_flags_engine_violations(source, target):
     bad = rule_violations(RULES[0], {ENGINE_FILE: source})
@@ -291,7 +196,7 @@ def test_checker_resolves_relative_imports_from_init():
 
 
 def test_checker_flags_clients_importing_deltaserve():
-    bad = rule_violations(RULES[3], {"clients/python/sdk/client.py": "from deltaserve.engine import x"})
+    bad = rule_violations(RULES[-2], {"clients/python/sdk/client.py": "from deltaserve.engine import x"})
     assert bad == ["clients/python/sdk/client.py:1 imports deltaserve.engine.x "
                    "(clients speak HTTP only)"]
 
@@ -301,7 +206,8 @@ SDK_FILE = "clients/python/src/deltaserve_client/_client.py"
 
 @pytest.mark.parametrize("source, flagged", [
     ("import torch", "imports torch "),
-    ("from deltaserve.server.protocol import CompletionRequest", "imports deltaserve.server"),
+    ("from deltaserve.entrypoints.openai.protocol import CompletionRequest",
+     "imports deltaserve.entrypoints"),
     ("import requests", "imports requests "),
     ("import openai", "imports openai at import time"),
     ("try:\n    from openai import OpenAI\nexcept ImportError:\n    pass", "at import time"),
@@ -336,3 +242,36 @@ def test_checker_flags_environment_reads(source):
 
 def test_checker_ignores_other_os_use():
     assert env_reads_of("import os\np = os.path.join('a', os.sep)", "deltaserve/x.py") == []
+
+
+RULE = {r.files: r for r in RULES}
+
+
+@pytest.mark.parametrize("rule, rel, source", [
+    ("deltaserve/tenancy/", "deltaserve/tenancy/auth.py", "from deltaserve.entrypoints.errors import X"),
+    ("deltaserve/tenancy/", "deltaserve/tenancy/quotas.py", "import deltaserve.engine.config"),
+    ("deltaserve/backends/", "deltaserve/backends/vllm/args.py",
+     "from deltaserve.entrypoints.settings import Settings"),
+    ("deltaserve/backends/", "deltaserve/backends/vllm/client.py", "from deltaserve.tenancy import auth"),
+    ("deltaserve/demo/", "deltaserve/demo/builder.py", "from deltaserve.entrypoints.cli import main"),
+])
+def test_checker_flags_upward_imports(rule, rel, source):
+    assert len(rule_violations(RULE[rule], {rel: source})) == 1
+
+
+def test_checker_allows_downward_imports():
+    files = {"deltaserve/backends/vllm/client.py": "from deltaserve.engine.outputs import RequestOutput",
+             "deltaserve/tenancy/quotas.py": "from deltaserve.tenancy.ratelimit import Window",
+             "deltaserve/demo/extras.py": "from deltaserve.adapter_store.compression import compress"}
+    assert not [b for r in RULES for b in rule_violations(r, files)]
+
+
+def test_checker_finds_import_cycles():
+    files = {"deltaserve/x/a.py": "from deltaserve.x.b import f",
+             "deltaserve/x/b.py": "from typing import TYPE_CHECKING\n"
+                                  "if TYPE_CHECKING:\n    from deltaserve.x.c import C",
+             "deltaserve/x/c.py": "def g():\n    from deltaserve.x import a",
+             "deltaserve/x/d.py": "import deltaserve.x.a\nfrom . import e",
+             "deltaserve/x/e.py": "X = 1"}
+    assert import_cycles(files) == [["deltaserve.x.a", "deltaserve.x.b", "deltaserve.x.c"]]
+    assert import_cycles({k: v for k, v in files.items() if not k.endswith("c.py")}) == []

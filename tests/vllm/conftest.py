@@ -92,7 +92,7 @@ def server(vllm_model: VllmModel, tmp_path_factory: pytest.TempPathFactory) -> I
         {"key": KEYS["globex"], "tenant": "globex", "role": "user"},
     ]}))  # fmt: skip
     port, log = free_port(), root / "server.log"
-    cmd = [sys.executable, "-m", "deltaserve.server.cli", "serve", "--engine", "vllm",
+    cmd = [sys.executable, "-m", "deltaserve", "serve", "--engine", "vllm",
            "--model", str(vllm_model.base), "--adapter-dir", str(vllm_model.adapters),
            "--served-model-name", BASE_ID, "--port", str(port), "--api-keys", str(keys),
            "--data-dir", str(root / "data"), "--dtype", "float32", "--max-model-len", str(CONTEXT),

@@ -10,7 +10,8 @@ import pytest
 
 from deltaserve.adapter_store.errors import AdapterNotFoundError, StoreUnavailableError
 from deltaserve.adapter_store.redis_backend import RedisBackend
-from deltaserve.adapter_store.store import AdapterStore, Caller, StoreConfig, TierObserver
+from deltaserve.adapter_store.store import AdapterStore, Caller, TierObserver
+from deltaserve.adapter_store.store_config import StoreConfig
 from deltaserve.adapter_store.validation import Limits
 from tests.integration.adapter_store.conftest import RedisProcess
 from tests.unit.adapter_store.helpers import SHAPES, write_lora

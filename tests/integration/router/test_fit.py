@@ -12,10 +12,10 @@ import httpx
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
+from deltaserve.entrypoints.cli.main import main
 from deltaserve.router.fit import RoutedLoRA, encode
 from deltaserve.router.mix import uniform
 from deltaserve.router.peft_io import read_peft
-from deltaserve.server.cli import main
 from tests.integration.router.conftest import MEMBERS
 from tests.integration.server.conftest import RunningServer, TinyModel
 

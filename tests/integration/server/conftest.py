@@ -21,8 +21,8 @@ import uvicorn
 from fastapi import FastAPI
 
 from deltaserve.engine.protocol import EngineStats
-from deltaserve.server.app import create_app
-from deltaserve.server.settings import Settings
+from deltaserve.entrypoints.app import create_app
+from deltaserve.entrypoints.settings import Settings
 from tests.integration.server.tiny_model import build_all
 
 BASE_ID = "tiny"

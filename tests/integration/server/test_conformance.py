@@ -12,7 +12,7 @@ from openai.types import Completion, Model
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.shared import ErrorObject
 
-from deltaserve.server.fingerprint import system_fingerprint
+from deltaserve.entrypoints.fingerprint import system_fingerprint
 from tests.integration.server.conftest import ADAPTERS, BASE_ID, RunningServer
 
 MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]

@@ -29,7 +29,7 @@ def served(
         [
             sys.executable,
             "-m",
-            "deltaserve.server.cli",
+            "deltaserve",
             "serve",
             "--model",
             str(tiny_model.base),

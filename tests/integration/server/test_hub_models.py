@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from deltaserve.server.settings import Settings
+from deltaserve.entrypoints.settings import Settings
 from tests.hub_cache_layout import add_snapshot, fake_commit
 from tests.integration.server.conftest import RunningServer, TinyModel, free_port, serve
 
@@ -89,7 +89,7 @@ def test_deltaserve_serve_with_a_hub_id_offline(hub_home: Path, tmp_path: Path) 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "DELTASERVE_"))}
     env.update(HF_HOME=str(hub_home), HF_HUB_OFFLINE="1")
-    cmd = [sys.executable, "-m", "deltaserve.server.cli", "serve", "--model", f"{HUB_ID}@main",
+    cmd = [sys.executable, "-m", "deltaserve", "serve", "--model", f"{HUB_ID}@main",
            "--port", str(port), "--device", "cpu", "--log-level", "warning"]  # fmt: skip
     log = tmp_path / "serve.log"
     with open(log, "w") as err:

@@ -32,7 +32,7 @@ def _die_with_parent() -> None:
 
 
 class ServerProcess:
-    """`python -m deltaserve.server.cli serve` on a free port, logging to a file."""
+    """`python -m deltaserve serve` on a free port, logging to a file."""
 
     def __init__(self, model: TinyModel, workdir: Path, *args: str):
         self.model = model
@@ -47,7 +47,7 @@ class ServerProcess:
 
     def start(self) -> ServerProcess:
         log = open(self.workdir / f"server-{self.port}.log", "ab")  # noqa: SIM115 - owned by Popen
-        cmd = [sys.executable, "-m", "deltaserve.server.cli", "serve", "--model",
+        cmd = [sys.executable, "-m", "deltaserve", "serve", "--model",
                str(self.model.base), "--served-model-name", BASE_ID, "--port", str(self.port),
                *self.args]  # fmt: skip
         env = {**os.environ, "DELTASERVE_DEVICE": "cpu", "OMP_NUM_THREADS": "1"}

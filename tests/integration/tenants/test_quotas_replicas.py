@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from deltaserve.engine.fairness import VTCPolicy
-from deltaserve.server.ratelimit_redis import RedisLimiter
-from deltaserve.server.tenants import TenantQuota
+from deltaserve.tenancy.ratelimit_redis import RedisLimiter
+from deltaserve.tenancy.tenants import TenantQuota
 from tests.integration.adapter_store.conftest import (
     RedisProcess,
     RunningServer,

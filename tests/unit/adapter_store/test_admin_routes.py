@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from deltaserve.server.app import create_app
-from deltaserve.server.settings import Settings
+from deltaserve.entrypoints.app import create_app
+from deltaserve.entrypoints.settings import Settings
 from tests.unit.adapter_store.helpers import write_lora, write_pickle_lora
-from tests.unit.server.fake_engine import FakeEngine
+from tests.unit.entrypoints.fake_engine import FakeEngine
 
 KEYS = {"admin": ("ops", "admin"), "acme": ("acme", "user"), "beta": ("beta", "user")}
 

@@ -14,7 +14,7 @@ from deltaserve.adapter_store.compression import PROJ_KEY, CompressionError, com
 from deltaserve.adapter_store.errors import InvalidAdapterError
 from deltaserve.adapter_store.validation import BaseShapes, Limits, validate_adapter_dir
 from deltaserve.engine.config import ModelConfig
-from deltaserve.server.cli import main
+from deltaserve.entrypoints.cli.main import main
 from tests.tiny import make_model, make_tokenizer
 
 

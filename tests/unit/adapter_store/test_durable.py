@@ -72,7 +72,7 @@ def test_disk_budget_evicts_least_recently_used_refetchable_content(tmp_path: Pa
 
 def test_tenant_adapter_quotas(tmp_path: Path) -> None:
     from deltaserve.adapter_store.errors import AdapterQuotaError
-    from deltaserve.server.errors import store_error
+    from deltaserve.entrypoints.errors import store_error
     from tests.unit.adapter_store.test_store import ACME
 
     a, b = write_lora(tmp_path / "a"), write_lora(tmp_path / "b", seed=1)

@@ -16,7 +16,8 @@ from deltaserve.adapter_store.errors import (
     InvalidAdapterError,
 )
 from deltaserve.adapter_store.registry import AdapterRegistry
-from deltaserve.adapter_store.store import AdapterStore, Caller, StoreConfig, TierObserver
+from deltaserve.adapter_store.store import AdapterStore, Caller, TierObserver
+from deltaserve.adapter_store.store_config import StoreConfig
 from deltaserve.adapter_store.validation import Limits
 from tests.unit.adapter_store.helpers import SHAPES, write_lora, write_pickle_lora
 

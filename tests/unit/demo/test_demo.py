@@ -208,8 +208,8 @@ def served(demo_dir: Path) -> dict[str, list[str]]:
     import openai
     import uvicorn
 
-    from deltaserve.server.app import create_app
-    from deltaserve.server.settings import Settings
+    from deltaserve.entrypoints.app import create_app
+    from deltaserve.entrypoints.settings import Settings
 
     port = _free_port()
     settings = Settings(model=str(demo_dir / "base"), adapter_dir=demo_dir / "adapters",

@@ -1,0 +1,1 @@
+"""HTTP routers, one module per area: OpenAI API, admin adapters, tenants, tokenize, health."""

@@ -1,1 +1,0 @@
-"""The HTTP layer: OpenAI-compatible API, CLI, metrics (see app.create_app and cli.main)."""
