@@ -130,4 +130,7 @@ def _attention_meta(starts, q_lens, tables, slots: torch.Tensor, bs: int,
             out_index[base:base + n] = b * lq + torch.arange(n)
             base += n
         meta.q_index, meta.out_index = q_index.to(dev), out_index.to(dev)
+        if dev.type == "cpu" and bsz > 1:  # unpadded, one sequence at a time (layers/attention.py)
+            firsts = [0, *torch.tensor(q_lens).cumsum(0)[:-1].tolist()]
+            meta.seq_spans = list(zip(firsts, q_lens, ctx_lens, strict=True))
     return meta

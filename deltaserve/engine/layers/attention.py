@@ -47,6 +47,9 @@ class AttentionMeta:
     parts: list[tuple[torch.Tensor, AttentionMeta]] | None = None
     """A step of decodes and prompt chunks (chunked prefill): (packed token rows [T_i], their
     own metadata) for the decode rows and for the others, attended separately."""
+    seq_spans: list[tuple[int, int, int]] | None = None
+    """Prompt steps of several sequences on CPU: (first packed row, queries, context length)
+    of each, attended one sequence at a time over its own keys (see `_attend_each`)."""
 
 
 def paged_attention(
@@ -88,6 +91,8 @@ def _attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta:
         # reads the cache in place (ops/attention_cpu.py); the path below is its oracle
         return attention_cpu.decode_attention(q, k_cache, v_cache, meta.block_tables,
                                               meta.block_size, meta.key_ranges, scale)
+    if meta.seq_spans is not None and softcap is None:
+        return _attend_each(q, k_cache, v_cache, meta, num_heads, scale)
     bsz, nb = meta.block_tables.shape
     flat = meta.block_tables.view(-1)
     lk = nb * meta.block_size
@@ -111,6 +116,35 @@ def _attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta:
         )  # [B, H, Lq, D]
         out = out.transpose(1, 2).reshape(-1, num_heads * head_dim)  # [B*Lq, H*D]
     return out.index_select(0, meta.out_index)
+
+
+def _attend_each(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                 meta: AttentionMeta, num_heads: int, scale: float) -> torch.Tensor:
+    """One SDPA per sequence, over its own blocks only: [T, H*D], q: [T, H, D].
+
+    The batched path pads every sequence's queries to the longest chunk and its keys to the
+    longest context; with prefix caching a step's chunks differ widely (a 32-token turn beside a
+    512-token prompt, each after a cached prefix) and CPU's SDPA computes the padding: measured
+    1.8x faster this way on R-like steps (4 chunks of 32-256 queries over 768 cached keys, bf16,
+    2 Zen 4 cores). The batched path below stays this one's oracle (tests/unit/engine).
+    """
+    hkv, _, head_dim = k_cache.shape
+    bs = meta.block_size
+    k_blocks = k_cache.view(hkv, -1, bs * head_dim)
+    v_blocks = v_cache.view(hkv, -1, bs * head_dim)
+    outs = []
+    for b, (first, n, ctx) in enumerate(meta.seq_spans or ()):
+        nb = -(-ctx // bs)
+        blocks = meta.block_tables[b, :nb]
+        kb = k_blocks.index_select(1, blocks).view(1, hkv, nb * bs, head_dim)  # [1, Hkv, Lk, D]
+        vb = v_blocks.index_select(1, blocks).view(1, hkv, nb * bs, head_dim)
+        qb = q[first:first + n].transpose(0, 1).unsqueeze(0)  # [1, H, n, D]
+        out = F.scaled_dot_product_attention(
+            qb, kb, vb, attn_mask=meta.mask[b:b + 1, :, :n, :nb * bs],
+            enable_gqa=hkv != num_heads, scale=scale,
+        )  # [1, H, n, D]
+        outs.append(out[0].transpose(0, 1).reshape(n, num_heads * head_dim))
+    return torch.cat(outs)
 
 
 def _eager_attention(q: torch.Tensor, kb: torch.Tensor, vb: torch.Tensor, mask: torch.Tensor,

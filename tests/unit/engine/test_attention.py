@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from deltaserve.engine.inputs import _attention_meta
 from deltaserve.engine.layers.attention import AttentionMeta, paged_attention
 from deltaserve.engine.ops import attention_cpu
 
@@ -102,3 +103,43 @@ def test_scale_and_softcap_match_naive_attention(scale, softcap, decode, monkeyp
     s = s.masked_fill(~mask.view(1, q_len, -1)[..., :n], float("-inf"))
     want = torch.einsum("hql,lhd->qhd", s.softmax(-1), v).reshape(q_len, -1)
     torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("window", [None, 5])
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_prompt_chunks_attend_unpadded_like_the_batched_path(window, dtype, tol):
+    """Prompt chunks after cached prefixes (chunked prefill + prefix caching): the CPU path
+    that attends one sequence at a time over its own keys equals the padded batched path and
+    a naive softmax over each query's keys."""
+    g = torch.Generator().manual_seed(7)
+    heads = 6
+    starts, q_lens = [0, 8, 13, 3], [5, 3, 1, 9]  # tokens already cached, queries this step
+    ctx_lens = [s + n for s, n in zip(starts, q_lens, strict=True)]
+    perm = torch.randperm(BLOCKS, generator=g).tolist()
+    tables, used = [], 0
+    for n in ctx_lens:
+        tables.append(perm[used:used + -(-n // BS)])
+        used += len(tables[-1])
+    slots = torch.tensor([t[p // BS] * BS + p % BS for t, s, n in zip(tables, starts, q_lens)
+                          for p in range(s, s + n)])  # fmt: skip
+    meta = _attention_meta(starts, q_lens, tables, slots, BS, window, torch.device("cpu"))
+    assert meta.seq_spans == [(0, 5, 5), (5, 3, 11), (8, 1, 14), (9, 9, 12)]
+    k_cache = torch.randn(HKV, BLOCKS * BS, D, generator=g).to(dtype)
+    v_cache = torch.randn(HKV, BLOCKS * BS, D, generator=g).to(dtype)
+    total = sum(q_lens)
+    q = torch.randn(total, heads, D, generator=g).to(dtype)
+    k = torch.randn(total, HKV, D, generator=g).to(dtype)
+    v = torch.randn(total, HKV, D, generator=g).to(dtype)
+    each = paged_attention(q, k, v, k_cache.clone(), v_cache.clone(), meta, heads)
+    meta.seq_spans = None
+    batched = paged_attention(q, k, v, k_cache, v_cache, meta, heads)
+    torch.testing.assert_close(each, batched, atol=tol, rtol=tol)
+    row = 0
+    for t, s, n in zip(tables, starts, q_lens, strict=True):
+        for p in range(s, s + n):
+            first = max(0, p + 1 - window) if window else 0
+            ctx = torch.tensor([t[i // BS] * BS + i % BS for i in range(first, p + 1)])
+            want = _reference(q[row], k_cache[:, ctx].transpose(0, 1),
+                              v_cache[:, ctx].transpose(0, 1), heads)
+            torch.testing.assert_close(each[row].float(), want, atol=tol, rtol=tol)
+            row += 1
