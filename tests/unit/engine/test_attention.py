@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from deltaserve.engine.hardware import cpu_flags
 from deltaserve.engine.inputs import _attention_meta
-from deltaserve.engine.layers.attention import AttentionMeta, paged_attention
+from deltaserve.engine.layers.attention import AttentionMeta, _eager_attention, paged_attention
 from deltaserve.engine.ops import attention_cpu
 
 BS, HKV, D, BLOCKS = 4, 2, 8, 40
@@ -120,7 +121,8 @@ def test_prompt_chunks_attend_unpadded_like_the_batched_path(window, dtype, tol)
     for n in ctx_lens:
         tables.append(perm[used:used + -(-n // BS)])
         used += len(tables[-1])
-    slots = torch.tensor([t[p // BS] * BS + p % BS for t, s, n in zip(tables, starts, q_lens)
+    slots = torch.tensor([t[p // BS] * BS + p % BS
+                          for t, s, n in zip(tables, starts, q_lens, strict=True)
                           for p in range(s, s + n)])  # fmt: skip
     meta = _attention_meta(starts, q_lens, tables, slots, BS, window, torch.device("cpu"))
     assert meta.seq_spans == [(0, 5, 5), (5, 3, 11), (8, 1, 14), (9, 9, 12)]
@@ -143,3 +145,33 @@ def test_prompt_chunks_attend_unpadded_like_the_batched_path(window, dtype, tol)
                               v_cache[:, ctx].transpose(0, 1), heads)
             torch.testing.assert_close(each[row].float(), want, atol=tol, rtol=tol)
             row += 1
+
+
+@pytest.mark.parametrize(("heads", "head_dim"), [(12, 64), (8, 128), (10, 64)])
+def test_bf16_decode_kernel_variants_agree(heads, head_dim):
+    """bf16 decode attention: the AVX512-BF16 variant (where this CPU has it: G = heads / 2 up
+    to 8, head dim 64/128) equals the generic kernel and the eager PyTorch path over a
+    scattered block table; elsewhere `fast` takes the generic items and changes nothing."""
+    g = torch.Generator().manual_seed(heads)
+    bs, kv_heads, lens = 16, 2, [1, 17, 40, 100]
+    nb = -(-max(lens) // bs)
+    num_blocks = len(lens) * nb + 3
+    k_cache = torch.randn(kv_heads, num_blocks * bs, head_dim, generator=g).to(torch.bfloat16)
+    v_cache = torch.randn(kv_heads, num_blocks * bs, head_dim, generator=g).to(torch.bfloat16)
+    tables = torch.randperm(num_blocks, generator=g)[: len(lens) * nb].view(len(lens), nb)
+    firsts = [0, 0, 9, 30]  # a window cuts the last two
+    ranges = torch.tensor(list(zip(firsts, lens, strict=True)))
+    q = torch.randn(len(lens), heads, head_dim, generator=g).to(torch.bfloat16)
+    fast = attention_cpu.decode_attention(q, k_cache, v_cache, tables, bs, ranges, fast=True)
+    generic = attention_cpu.decode_attention(q, k_cache, v_cache, tables, bs, ranges, fast=False)
+    assert attention_cpu.has_bf16_fast_path(heads, kv_heads, head_dim) == (
+        "avx512_bf16" in cpu_flags() and heads // kv_heads <= 8)  # fmt: skip
+    kb = k_cache.view(kv_heads, -1, bs * head_dim).index_select(1, tables.view(-1))
+    vb = v_cache.view(kv_heads, -1, bs * head_dim).index_select(1, tables.view(-1))
+    pos = torch.arange(nb * bs)[None, :]
+    mask = (pos < ranges[:, 1:]) & (pos >= ranges[:, :1])
+    eager = _eager_attention(q.unsqueeze(1), kb.view(kv_heads, len(lens), -1, head_dim),
+                             vb.view(kv_heads, len(lens), -1, head_dim),
+                             mask.view(len(lens), 1, 1, -1), heads, head_dim**-0.5, None)
+    torch.testing.assert_close(fast.float(), generic.float(), atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(fast.float(), eager.float(), atol=2e-2, rtol=2e-2)
