@@ -238,6 +238,12 @@ class Settings(BaseSettings):
         "info", description="Log level."
     )
 
+    # --- security: request validation and sampling caps (issue 31, A1/A5) -----------------
+    # --- security: admission, queues, tokenization, grammars, streams (issue 31, A4-A8) ---
+    # --- security: adapter files, patterns, paths, mixes (issue 31, C/D) -------------------
+    # --- security: Redis as untrusted input (issue 31, C12-C13) ---------------------------
+    # --- security: HTTP edge (issue 31, C14-C16) ------------------------------------------
+
     @field_validator("adapter_source_root", mode="before")
     @classmethod
     def _split_roots(cls, value: Any) -> Any:
